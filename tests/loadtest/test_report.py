@@ -1,0 +1,53 @@
+"""The run's verdict: failures and latency limits decide the exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loadtest import report
+from loadtest.report import Thresholds, evaluate
+
+
+@dataclass
+class Entry:
+    method: str
+    name: str
+    num_requests: int
+    num_failures: int = 0
+    p99: float = 10.0
+    max_response_time: float = 20.0
+
+    def get_response_time_percentile(self, percent: float) -> float:
+        assert percent == 0.99
+        return self.p99
+
+
+def test_a_clean_run_passes() -> None:
+    verdict = evaluate([Entry(report.VIEWER, report.UPDATE, 100)], Thresholds(max_p99_ms=50))
+    assert not verdict.failed
+    assert any("p99 10 ms (limit 50 ms)" in line for line in verdict.lines)
+
+
+def test_any_failure_fails_by_default() -> None:
+    entries = [Entry(report.VIEWER, report.UPDATE, 999), Entry(report.CHECK, report.FINAL_STATE, 1, 1)]
+    assert evaluate(entries, Thresholds()).failed
+    assert not evaluate(entries, Thresholds(max_fail_ratio=0.01)).failed
+
+
+def test_latency_limits_apply_to_publish_to_screen_entries_only() -> None:
+    slow_orders = Entry(report.STOCK, "order", 10, p99=900, max_response_time=900)
+    slow_connects = Entry(report.VIEWER, report.CONNECT, 10, p99=900, max_response_time=900)
+    assert not evaluate([slow_orders, slow_connects], Thresholds(max_p99_ms=100, max_seen_ms=100)).failed
+    slow_updates = Entry(report.HOST, report.UPDATE, 10, p99=101)
+    assert evaluate([slow_updates], Thresholds(max_p99_ms=100)).failed
+
+
+def test_seen_limit_judges_the_worst_case() -> None:
+    restock = Entry(report.VIEWER, report.RESTOCK_SEEN, 50, p99=80, max_response_time=1200)
+    assert evaluate([restock], Thresholds(max_seen_ms=1000)).failed
+    assert not evaluate([restock], Thresholds(max_seen_ms=1500)).failed
+    assert not evaluate([restock], Thresholds()).failed  # 0: no limit
+
+
+def test_a_run_without_events_fails() -> None:
+    assert evaluate([], Thresholds()).failed

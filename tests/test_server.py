@@ -1,0 +1,319 @@
+"""End to end: real redis-server, real gateway, real websocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+import msgpack
+import pytest
+import redis
+
+from clients.publisher import Publisher
+from gateway.protocol import CloseCode
+from gateway.server import Gateway
+from tests.conftest import RedisServer, gateway_settings, token
+from tests.screens import Screen
+
+
+async def http_get(url: str) -> tuple[int, str]:
+    def get() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    return await asyncio.to_thread(get)
+
+
+def shard_subscribers(raw: redis.Redis, name: str) -> int:
+    reply = raw.execute_command("PUBSUB", "SHARDNUMSUB", name)
+    return int(reply[1])
+
+
+async def cli(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_cli_publish_reaches_clients_and_late_joiners_get_a_snapshot(
+    gateway: Gateway, redis_url: str
+) -> None:
+    async with Screen(f"{gateway.url}/ws/live-1") as early:
+        await early.until(lambda s: s.frames)
+        assert early.frames[0]["t"] == "snapshot"
+        code, out = await cli("publish", "live-1", "tee", "--set", "500", "--initial", "500",
+                              "--name", "T-shirt", "--redis-url", redis_url)
+        assert code == 0, out
+        assert '"status": "ok"' in out
+        await early.until(lambda s: s.qty() == {"tee": 500})
+        code, out = await cli("publish", "live-1", "tee", "--adjust", "-501", "--redis-url", redis_url)
+        assert code == 3
+        assert '"insufficient"' in out
+        async with Screen(f"{gateway.url}/ws/live-1?role=host&token={token()}") as late:
+            await late.until(lambda s: s.frames)
+            first = late.frames[0]
+            assert first["t"] == "snapshot"
+            assert first["items"][0]["qty"] == 500
+            assert first["items"][0]["name"] == "T-shirt"
+
+
+async def test_concurrent_out_of_order_publishing_converges(gateway: Gateway, redis_url: str) -> None:
+    skus = [f"sku-{i}" for i in range(40)]
+    async with Publisher(redis_url) as pub:
+        for sku in skus:
+            await pub.set("sale", sku, 1000, initial=1000)
+        screens = [Screen(f"{gateway.url}/ws/sale") for _ in range(4)]
+        for s in screens:
+            await s.__aenter__()
+
+        async def stock_service(seed: int) -> None:
+            rng = random.Random(seed)
+            for _ in range(400):
+                sku = rng.choice(skus)
+                roll = rng.random()
+                if roll < 0.8:
+                    await pub.adjust("sale", sku, -rng.randint(1, 30))
+                elif roll < 0.9:
+                    await pub.set("sale", sku, rng.randint(0, 1000))
+                else:  # a replayed, out-of-order message with an old version
+                    await pub.set("sale", sku, 999, version=1)
+
+        late = Screen(f"{gateway.url}/ws/sale")
+        workers = [asyncio.create_task(stock_service(seed)) for seed in range(4)]
+        await asyncio.sleep(0.05)
+        await late.__aenter__()
+        await asyncio.gather(*workers)
+        truth = {sku: (r["qty"], r["ver"]) for sku, r in (await pub.stock("sale")).items()}
+    try:
+        for s in [*screens, late]:
+            await s.until(lambda s: {k: (i["qty"], i["ver"]) for k, i in s.items.items()} == truth,
+                          timeout=10)
+            assert s.violations == []
+    finally:
+        for s in [*screens, late]:
+            await s.__aexit__()
+    assert any(q == 0 for q, _ in truth.values()) or True  # sell-outs are likely, not required
+
+
+async def test_sell_out_is_sent_before_the_next_tick(redis_url: str) -> None:
+    gw = Gateway(gateway_settings(redis_url, interval=10.0))
+    await gw.start()
+    try:
+        async with Publisher(redis_url) as pub, Screen(f"{gw.url}/ws/r") as screen:
+            await pub.set("r", "hot", 100, initial=100)
+            await screen.until(lambda s: s.qty() == {"hot": 100})
+            await pub.adjust("r", "hot", -10)  # same tier, inside the 10 s interval: held
+            await pub.adjust("r", "hot", -90)  # sold out: goes out at once
+            await screen.until(lambda s: s.qty() == {"hot": 0}, timeout=5)
+            assert screen.items["hot"]["st"] == "out"
+    finally:
+        await gw.stop()
+
+
+def stalled_socket(port: int, path: str) -> socket.socket:
+    """A websocket client that completes the handshake and then never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return sock
+
+
+def masked(payload: bytes) -> bytes:
+    key = b"\x01\x02\x03\x04"
+    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes((0x82, 0x80 | len(payload))) + key + body
+
+
+async def test_a_client_that_stops_reading_is_bounded_and_closed(redis_url: str) -> None:
+    limit = 64 * 1024
+    gw = Gateway(gateway_settings(redis_url, send_buffer_limit=limit, slow_client_timeout=1.0,
+                                  client_message_rate=10_000, client_message_burst=10_000))
+    await gw.start()
+    try:
+        async with Publisher(redis_url) as pub:
+            for i in range(50):
+                await pub.set("big", f"sku-{i}", 100, name="长" * 200)
+            async with Screen(f"{gw.url}/ws/big?role=host&token={token()}") as normal:
+                await normal.until(lambda s: len(s.items) == 50)
+                sock = stalled_socket(gw.port, f"/ws/big?role=host&token={token()}")
+                resync = masked(msgpack.packb({"t": "resync"}))
+                # Each resync asks for a ~30 KB snapshot; the socket never reads them.
+                for _ in range(400):
+                    await asyncio.to_thread(sock.sendall, resync)
+                for _ in range(100):
+                    if gw.hub.lagging:
+                        break
+                    await asyncio.sleep(0.05)
+                await pub.adjust("big", "sku-0", -1)
+                await normal.until(lambda s: s.qty()["sku-0"] == 99)
+                room = gw.hub.rooms["big"]
+                (stalled,) = [c for c in room.clients["host"] if c.lagging_since is not None]
+                snapshot_size = len(room.snapshots.get("host", b"")) or 40_000
+                assert stalled.buffered() <= limit + snapshot_size
+                await pub.adjust("big", "sku-0", -1)
+                await normal.until(lambda s: s.qty()["sku-0"] == 98)
+                for _ in range(100):
+                    if gw.metrics.client_closes.labels("slow_client")._value.get() == 1:
+                        break
+                    await asyncio.sleep(0.1)
+                assert gw.metrics.client_closes.labels("slow_client")._value.get() == 1
+                assert normal.close_code is None
+                assert normal.violations == []
+                sock.close()
+    finally:
+        await gw.stop()
+
+
+async def test_redis_restart_keeps_clients_and_converges(own_redis: RedisServer) -> None:
+    gw = Gateway(gateway_settings(own_redis.url))
+    await gw.start()
+    try:
+        host_url = f"{gw.url}/ws/r?role=host&token={token()}"
+        async with Screen(f"{gw.url}/ws/r") as a, Screen(host_url) as b:
+            async with Publisher(own_redis.url) as pub:
+                for ver in range(20):
+                    await pub.set("r", "x", 100 - ver, initial=100)
+            await a.until(lambda s: s.qty() == {"x": 81})
+            own_redis.stop()
+            for _ in range(100):
+                if (await http_get(f"http://127.0.0.1:{gw.port}/readyz"))[0] == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await http_get(f"http://127.0.0.1:{gw.port}/readyz"))[0] == 503
+            own_redis.start()  # empty: nothing is persisted
+            async with Publisher(own_redis.url) as pub:
+                await pub.set("r", "x", 42, initial=100)  # re-seeded at version 1
+                await pub.set("r", "y", 7)
+            for screen in (a, b):
+                await screen.until(lambda s: s.qty() == {"x": 42, "y": 7}, timeout=10)
+                assert screen.close_code is None
+            assert a.items["x"]["ver"] == 1
+            status, _ = await http_get(f"http://127.0.0.1:{gw.port}/readyz")
+            assert status == 200
+            assert gw.metrics.redis_reconnects._value.get() >= 1
+    finally:
+        await gw.stop()
+
+
+async def test_malformed_publisher_messages_are_dropped(gateway: Gateway, redis_server: RedisServer) -> None:
+    async with Screen(f"{gateway.url}/ws/r") as screen:
+        await screen.until(lambda s: s.frames)
+        raw = redis_server.client()
+        raw.spublish("stockwire:{r}:updates", b"\xc1")
+        raw.spublish("stockwire:{r}:updates", msgpack.packb({"sku": "a", "qty": "many", "ver": 1, "ts": 1}))
+        raw.spublish("stockwire:{r}:updates", b"\x80" * 20_000)
+        async with Publisher(redis_server.url) as pub:
+            await pub.set("r", "a", 3)
+        await screen.until(lambda s: s.qty() == {"a": 3})
+        dropped = gateway.metrics.messages_dropped
+        assert {r: dropped.labels(r)._value.get() for r in ("undecodable", "bad_field", "oversized")} == {
+            "undecodable": 1, "bad_field": 1, "oversized": 1,
+        }
+
+
+@pytest.mark.parametrize(
+    ("path", "send", "code"),
+    [
+        ("/ws/bad%20room", None, CloseCode.UNKNOWN_ROOM),
+        ("/ws/" + "x" * 65, None, CloseCode.UNKNOWN_ROOM),
+        ("/ws/r?role=admin", None, CloseCode.BAD_FRAME),
+        ("/ws/r", msgpack.packb({"t": "subscribe", "room": "other"}), CloseCode.BAD_FRAME),
+        ("/ws/r", "text is not allowed", CloseCode.BAD_FRAME),
+        ("/ws/r", b"\x82" * 5000, CloseCode.MESSAGE_TOO_BIG),
+    ],
+)
+async def test_bad_clients_are_closed_with_documented_codes(
+    gateway: Gateway, path: str, send: bytes | str | None, code: int
+) -> None:
+    async with Screen(f"{gateway.url}/ws/r") as bystander, Screen(gateway.url + path) as bad:
+        if send is not None:
+            await bad.until(lambda s: s.frames)
+            assert bad.ws is not None
+            await bad.ws.send(send)
+        assert await bad.closed() == code
+        assert bad.close_reason
+        async with Publisher(gateway.settings.redis_url) as pub:
+            await pub.set("r", "still-served", 1)
+        await bystander.until(lambda s: s.qty() == {"still-served": 1})
+
+
+async def test_resync_and_ping_requests(gateway: Gateway) -> None:
+    async with Screen(f"{gateway.url}/ws/r") as screen:
+        await screen.until(lambda s: s.frames)
+        assert screen.ws is not None
+        await screen.ws.send(msgpack.packb({"t": "resync"}))
+        await screen.ws.send(msgpack.packb({"t": "ping", "id": 7}))
+        await screen.until(lambda s: len(s.frames) == 3)
+        assert [f["t"] for f in screen.frames] == ["snapshot", "snapshot", "pong"]
+        assert screen.frames[2]["id"] == 7
+
+
+async def test_http_endpoints(gateway: Gateway) -> None:
+    base = f"http://127.0.0.1:{gateway.port}"
+    assert await http_get(base + "/healthz") == (200, "ok\n")
+    assert (await http_get(base + "/readyz"))[0] == 200
+    async with Screen(f"{gateway.url}/ws/r") as screen:
+        await screen.until(lambda s: s.frames)
+        status, body = await http_get(base + "/metrics")
+    assert status == 200
+    for name in ("stockwire_connections{audience=\"viewer\"} 1.0", "stockwire_frames_sent_total",
+                 "stockwire_updates_received_total", "stockwire_flush_seconds",
+                 "stockwire_redis_reconnects_total", "stockwire_publish_to_send_seconds_bucket"):
+        assert name in body
+    assert (await http_get(base + "/nope"))[0] == 404
+
+
+async def test_room_subscription_ends_after_the_last_client_leaves(
+    gateway: Gateway, redis_server: RedisServer
+) -> None:
+    raw = redis_server.client()
+    async with Screen(f"{gateway.url}/ws/brief") as screen:
+        await screen.until(lambda s: s.frames)
+        assert shard_subscribers(raw, "stockwire:{brief}:updates") == 1
+    for _ in range(100):
+        if shard_subscribers(raw, "stockwire:{brief}:updates") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert shard_subscribers(raw, "stockwire:{brief}:updates") == 0
+    assert "brief" not in gateway.hub.rooms
+
+
+async def test_viewer_counts_add_up_across_nodes_and_a_dead_node_drops_out(redis_url: str) -> None:
+    nodes = [Gateway(gateway_settings(redis_url, stats_interval=0.2)) for _ in range(2)]
+    for node in nodes:
+        await node.start()
+    viewers = [Screen(f"{nodes[i % 2].url}/ws/crowd") for i in range(5)]  # 3 on A, 2 on B
+    host = Screen(f"{nodes[0].url}/ws/crowd?role=host&token={token()}")
+    try:
+        for s in [*viewers, host]:
+            await s.__aenter__()
+            await s.until(lambda s: s.frames)
+
+        def viewer_count(s: Screen) -> int | None:
+            stats = [f for f in s.frames if f["t"] == "stats"]
+            return stats[-1]["viewers"] if stats else None
+
+        await host.until(lambda s: viewer_count(s) == 5, timeout=10)
+        stats_task = nodes[1].hub._stats
+        assert stats_task is not None
+        stats_task.cancel()  # node B goes silent, as a killed node would; its entry must expire
+        await host.until(lambda s: viewer_count(s) == 3, timeout=10)
+    finally:
+        for s in [*viewers, host]:
+            await s.__aexit__()
+        for node in nodes:
+            await node.stop()
