@@ -8,6 +8,7 @@
 import { alertOf, pickCue } from "./cue.js";
 import { Connection } from "./protocol.js";
 import { displayOrder, pageParams, wsUrl } from "./page.js";
+import { fetchToken, TokenSource } from "./token.js";
 import {
   DASH, STRINGS, agoText, fill, formatClock, formatInt, formatPercent, formatVelocity, nextBatch, platformName,
 } from "./text.js";
@@ -232,7 +233,7 @@ function renderHeader(status, stats, nowLocal) {
 function renderNotice(status, count) {
   let text = "";
   if (status.conn === "fatal") text = fill(T.fatal, { reason: status.reason || status.code });
-  else if (!params.token && status.conn !== "up") text = T.needsToken;
+  else if (!params.token && !params.tokenUrl && status.conn !== "up") text = T.needsToken;
   else if (status.conn === "up" && count === 0) text = fill(T.waiting, { room: params.room });
   setText(els.notice, text);
   els.notice.hidden = text === "";
@@ -285,7 +286,9 @@ function schedule() {
   }
 }
 
-connection = new Connection(wsUrl(location, params, "host"), {
+const tokens = new TokenSource(params.token, params.tokenUrl ? fetchToken(params.tokenUrl) : null);
+connection = new Connection(() => wsUrl(location, { ...params, token: tokens.token }, "host"), {
+  tokens,
   onChange: schedule,
   onStatus: schedule,
   // Hosts get a stats frame every second; a silent gateway is noticed fast.

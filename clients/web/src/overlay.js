@@ -6,6 +6,7 @@
 
 import { Connection } from "./protocol.js";
 import { displayOrder, pageParams, wsUrl } from "./page.js";
+import { fetchToken, TokenSource } from "./token.js";
 import { STRINGS, fill, formatInt } from "./text.js";
 
 const languages = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language];
@@ -144,7 +145,9 @@ function schedule() {
   }
 }
 
-connection = new Connection(wsUrl(location, params), {
+const tokens = new TokenSource(params.token, params.tokenUrl ? fetchToken(params.tokenUrl) : null);
+connection = new Connection(() => wsUrl(location, { ...params, token: tokens.token }), {
+  tokens,
   onChange(result) {
     for (const sku of result.changed) dirty.add(sku);
     for (const sku of result.removed) dirty.add(sku);

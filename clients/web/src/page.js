@@ -27,6 +27,8 @@ export function pageParams(loc, navigatorLanguages = []) {
     room: match ? safeDecode(match[3]) : "",
     lang: pickLang(query.get("lang"), navigatorLanguages),
     token: query.get("token") || "",
+    // Where to fetch a fresh token before this one expires (clients/web/src/token.js).
+    tokenUrl: query.get("token_url") || "",
     transparent: (query.get("bg") || "").toLowerCase() === "transparent",
     skus: skus.length ? new Set(skus) : null,
   };

@@ -6,6 +6,7 @@
 // (clients/web/test/protocol.test.mjs) with a fake WebSocket and fake timers.
 
 import { Decoder, Encoder } from "@msgpack/msgpack";
+import { renewDelay } from "./token.js";
 
 const decoder = new Decoder();
 const encoder = new Encoder();
@@ -145,6 +146,12 @@ const defaultTimers = {
  * `conn` is `connecting` (socket opening or waiting for the snapshot), `up`
  * (snapshot received, frames flowing), `down` (waiting to retry) or `fatal`
  * (a close code that retrying cannot fix; see FATAL_CLOSES).
+ *
+ * `url` is a string, or a function called at every (re)connect so the URL can
+ * carry the current token. With a renewable `tokens` (a TokenSource), the token
+ * is renewed over the open connection before it expires (`auth`, protocol
+ * §5.3), a stale token is refreshed before connecting, and 4401 means "fetch a
+ * new token and reconnect" rather than a dead end.
  */
 export class Connection {
   constructor(url, {
@@ -159,8 +166,14 @@ export class Connection {
     idlePingMs = 15_000,
     deadAfterMs = 10_000,
     resyncEveryMs = 3_000,
+    tokens = null,
+    renewRetryMs = 2_000,
   } = {}) {
     this.url = url;
+    this.tokens = tokens;
+    this.renewRetryMs = renewRetryMs;
+    this._renew = null;
+    this._refreshFirst = false;
     this.state = new RoomState();
     this.clock = clock;
     this.onChange = onChange;
@@ -195,6 +208,7 @@ export class Connection {
     if (this._retry !== null) this.timers.clearTimeout(this._retry);
     if (this._watch !== null) this.timers.clearInterval(this._watch);
     this._retry = this._watch = null;
+    this._cancelRenew();
     this._detach(1000, "page closed");
   }
 
@@ -213,9 +227,29 @@ export class Connection {
 
   _open() {
     this._retry = null;
+    const tokens = this.tokens;
+    if (tokens !== null && tokens.renewable && (this._refreshFirst || tokens.stale(this.clock.now()))) {
+      this._setStatus({ conn: "connecting", retryAt: null });
+      tokens.refresh().then(
+        () => {
+          this._refreshFirst = false;
+          if (!this._stopped && this.ws === null && this._retry === null) this._connect();
+        },
+        (err) => {
+          if (!this._stopped && this.ws === null && this._retry === null) {
+            this._lost(4401, `token refresh failed: ${err && err.message ? err.message : err}`);
+          }
+        },
+      );
+      return;
+    }
+    this._connect();
+  }
+
+  _connect() {
     let ws;
     try {
-      ws = new this.WebSocket(this.url);
+      ws = new this.WebSocket(typeof this.url === "function" ? this.url() : this.url);
     } catch (err) {
       this._lost(1006, String(err && err.message ? err.message : err));
       return;
@@ -246,8 +280,10 @@ export class Connection {
     this._pingSentAt = null;
     if (isMap(frame) && frame.t !== "pong" && frame.t !== "auth") this.clock.observe(frame.ts);
     const result = this.state.apply(frame);
+    if (isMap(frame) && frame.t === "auth") this._scheduleRenew();
     if (result.kind === "snapshot") {
       this._resyncSentAt = null;
+      if (this.status.conn !== "up") this._scheduleRenew();
       this._setStatus({ conn: "up", attempt: 0, code: null, reason: "" });
     } else if (this.status.conn !== "up" && result.kind === "update") {
       this._setStatus({ conn: "up" });
@@ -256,6 +292,39 @@ export class Connection {
     if (result.kind === "snapshot" || result.kind === "update" || result.kind === "stats") {
       this.onChange(result, this.state);
     }
+  }
+
+  /** Renew before the token expires: at `renewDelay`, or `renewRetryMs` after a failed fetch. */
+  _scheduleRenew(delay = null) {
+    this._cancelRenew();
+    const tokens = this.tokens;
+    if (tokens === null || !tokens.renewable) return;
+    if (delay === null) {
+      const exp = tokens.expiresAt;
+      if (exp === null) return; // a token without exp never needs renewing
+      delay = renewDelay(exp, this.clock.now());
+    }
+    this._renew = this.timers.setTimeout(() => this._renewNow(), delay);
+  }
+
+  _renewNow() {
+    this._renew = null;
+    const ws = this.ws;
+    this.tokens.refresh().then(
+      (token) => {
+        // The gateway answers with an `auth` frame, which schedules the next renewal.
+        if (this.ws === ws && !this._stopped) this.send({ t: "auth", token });
+      },
+      () => {
+        // Keep trying until the gateway closes with 4401; the reconnect fetches again.
+        if (this.ws === ws && !this._stopped) this._scheduleRenew(this.renewRetryMs);
+      },
+    );
+  }
+
+  _cancelRenew() {
+    if (this._renew !== null) this.timers.clearTimeout(this._renew);
+    this._renew = null;
   }
 
   _resync() {
@@ -281,6 +350,7 @@ export class Connection {
   }
 
   _detach(code, reason) {
+    this._cancelRenew();
     const ws = this.ws;
     this.ws = null;
     if (ws === null) return;
@@ -293,8 +363,12 @@ export class Connection {
   }
 
   _lost(code, reason) {
+    this._cancelRenew();
     if (this._stopped) return;
-    if (FATAL_CLOSES.has(code)) {
+    const renewable = this.tokens !== null && this.tokens.renewable;
+    if (code === 4401 && renewable) {
+      this._refreshFirst = true; // not fatal: the next attempt starts with a fresh token
+    } else if (FATAL_CLOSES.has(code)) {
       this._setStatus({ conn: "fatal", code, reason: reason || FATAL_CLOSES.get(code), retryAt: null });
       return;
     }
