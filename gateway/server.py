@@ -35,6 +35,7 @@ from gateway.brokers.base import Broker
 from gateway.brokers.memory import MemoryBroker
 from gateway.brokers.redis import RedisBroker
 from gateway.hub import Hub, HubConfig
+from gateway.keepalive import Keepalive
 from gateway.limits import ConnectionCounts, TokenBucket, origin_allowed
 from gateway.metrics import Metrics
 from gateway.pages import page_response
@@ -54,12 +55,24 @@ log = logging.getLogger("stockwire.server")
 OPEN = State.OPEN
 
 WS_PREFIX = "/ws/"
+#: An unmasked, empty WebSocket ping (RFC 6455 §5.5.2): built once, written as is.
+PING_FRAME = b"\x89\x00"
+
+
+class StockwireConnection(ServerConnection):
+    """A server connection that notes when its peer last sent anything, for :mod:`gateway.keepalive`."""
+
+    last_rx = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self.loop.time()
+        super().data_received(data)
 
 
 class WsClient:
     """One connected screen, as the hub sees it."""
 
-    __slots__ = ("_closing", "_protocol", "audience", "lagging_since", "room", "transport", "ws")
+    __slots__ = ("_closing", "_protocol", "audience", "lagging_since", "pinged_at", "room", "transport", "ws")
 
     def __init__(self, ws: ServerConnection, room: str, audience: Audience) -> None:
         self.ws = ws
@@ -68,7 +81,12 @@ class WsClient:
         self.room = room
         self.audience: Audience = audience
         self.lagging_since: float | None = None
+        self.pinged_at = 0.0
         self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def last_rx(self) -> float:
+        return getattr(self.ws, "last_rx", 0.0)
 
     def write(self, frame: bytes) -> None:
         if self._protocol.state is OPEN:  # no data after our close frame
@@ -146,6 +164,8 @@ class Gateway:
         self._admitted: dict[ServerConnection, Admission] = {}
         self._clients: set[WsClient] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        self.keepalive: Keepalive[WsClient] = Keepalive(s.ping_interval)
+        self._pinger: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()
         self._port: int | None = None
 
@@ -173,8 +193,9 @@ class Gateway:
             compression=None,  # frames are shared bytes; per-client deflate would undo that
             max_size=MAX_CLIENT_FRAME,
             max_queue=4,
-            ping_interval=self.settings.ping_interval,
-            ping_timeout=self.settings.ping_interval,
+            create_connection=StockwireConnection,
+            ping_interval=None,  # gateway.keepalive pings, spread evenly over the interval
+            ping_timeout=None,
             close_timeout=2,
             server_header="stockwire",
             reuse_port=self.reuse_port or None,
@@ -182,11 +203,13 @@ class Gateway:
         )
         self._port = self.server.sockets[0].getsockname()[1]
         self._watchdog = asyncio.create_task(self._watch_loop())
+        self._pinger = asyncio.create_task(self._keepalive_loop())
         log.info("gateway.started", extra={"fields": {"url": self.url, "broker": self.settings.broker}})
 
     async def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        for task in (self._watchdog, self._pinger):
+            if task is not None:
+                task.cancel()
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()
@@ -223,6 +246,18 @@ class Gateway:
             start = loop.time()
             await asyncio.sleep(0.1)
             self.metrics.loop_lag.observe(max(0.0, loop.time() - start - 0.1))
+
+    async def _keepalive_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        closes = self.metrics.client_closes.labels("ping_timeout")
+        while True:
+            await asyncio.sleep(self.keepalive.tick)
+            ping, dead = self.keepalive.due(loop.time())
+            for client in ping:
+                client.write(PING_FRAME)
+            for client in dead:
+                closes.inc()
+                client.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
     # -- HTTP and admission ----------------------------------------------------------
 
@@ -317,6 +352,7 @@ class Gateway:
         client = WsClient(ws, room, role)  # type: ignore[arg-type]
         self.counts.add(admission.address)
         self._clients.add(client)
+        self.keepalive.add(client)
         expiry = self._expire_at(client, admission.grant)
         self.hub.join(client)
         try:
@@ -332,6 +368,7 @@ class Gateway:
                 expiry[0].cancel()
             self.hub.leave(client)
             self._clients.discard(client)
+            self.keepalive.remove(client)
             self.counts.remove(admission.address)
             if not self._clients:
                 self._emptied.set()

@@ -317,3 +317,37 @@ async def test_viewer_counts_add_up_across_nodes_and_a_dead_node_drops_out(redis
             await s.__aexit__()
         for node in nodes:
             await node.stop()
+
+
+async def test_keepalive_pings_everyone_and_drops_a_peer_that_went_silent(redis_url: str) -> None:
+    gw = Gateway(gateway_settings(redis_url, ping_interval=0.4))
+    await gw.start()
+    try:
+        async with Publisher(redis_url) as pub:
+            await pub.set("ka", "lip", 10)
+            # A websockets client answers pings by itself; the raw socket never does.
+            async with Screen(f"{gw.url}/ws/ka") as answering:
+                await answering.until(lambda s: "lip" in s.items)
+                silent = stalled_socket(gw.port, "/ws/ka")
+                silent.settimeout(5)
+                received = b""
+                while b"\x89\x00" not in received:  # the gateway's ping, after the snapshot
+                    received += await asyncio.to_thread(silent.recv, 65536)
+                for _ in range(100):
+                    if gw.metrics.client_closes.labels("ping_timeout")._value.get() == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert gw.metrics.client_closes.labels("ping_timeout")._value.get() == 1
+                # The close frame: 1011 and the reason.
+                while b"keepalive ping timeout" not in received:
+                    received += await asyncio.to_thread(silent.recv, 65536)
+                assert b"\x88" in received
+                assert (1011).to_bytes(2, "big") + b"keepalive" in received
+                silent.close()
+                await asyncio.sleep(1.0)  # more than two intervals: the answering one stays
+                await pub.adjust("ka", "lip", -1)
+                await answering.until(lambda s: s.qty()["lip"] == 9)
+                assert answering.close_code is None
+                assert len(gw.keepalive) == 1
+    finally:
+        await gw.stop()
