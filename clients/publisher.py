@@ -32,7 +32,7 @@ from gateway.brokers.redis import StockScript, connect
 from gateway.protocol import stock_key, valid_room
 from gateway.stock import OpKind, OpResult, Status, StockOp
 
-__all__ = ["OpResult", "Publisher", "Status", "SyncPublisher"]
+__all__ = ["OpResult", "Publisher", "Status", "SyncPublisher", "connect_blocking"]
 
 
 class Publisher:
@@ -141,6 +141,17 @@ def _run_to_end(coro: Coroutine[Any, Any, OpResult]) -> OpResult:
     raise RuntimeError("the stock script suspended; it cannot run without an event loop")
 
 
+def connect_blocking(url: str, *, cluster: bool = False, **options: Any) -> redis.Redis | redis.RedisCluster:
+    """The blocking twin of :func:`gateway.brokers.redis.connect`: same timeouts, same retry policy."""
+    options.setdefault("socket_connect_timeout", 2.0)
+    options.setdefault("socket_keepalive", True)
+    if cluster:
+        options.setdefault("retry", Retry(NoBackoff(), 1))
+        return redis.RedisCluster.from_url(url, **options)
+    options.setdefault("retry", Retry(NoBackoff(), 0))
+    return redis.Redis.from_url(url, **options)
+
+
 class SyncPublisher:
     """Blocking twin of :class:`Publisher`: same script, same arguments, same results.
 
@@ -150,11 +161,10 @@ class SyncPublisher:
     connection could be applied twice (see docs/protocol.md, "Retries").
     """
 
-    def __init__(self, redis_url: str = "redis://127.0.0.1:6379/0", **redis_options: Any) -> None:
-        redis_options.setdefault("socket_connect_timeout", 2.0)
-        redis_options.setdefault("socket_keepalive", True)
-        redis_options.setdefault("retry", Retry(NoBackoff(), 0))
-        self._client = redis.Redis.from_url(redis_url, **redis_options)
+    def __init__(self, redis_url: str = "redis://127.0.0.1:6379/0", *, cluster: bool = False,
+                 **redis_options: Any) -> None:
+        """``cluster=True`` when ``redis_url`` names a node of a Redis Cluster."""
+        self._client = connect_blocking(redis_url, cluster=cluster, **redis_options)
         self._script = StockScript(_BlockingScriptHost(self._client))  # type: ignore[arg-type]
 
     def __enter__(self) -> Self:

@@ -38,6 +38,9 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--redis-url", default=os.environ.get("STOCKWIRE_REDIS_URL",
                                                              "redis://127.0.0.1:6379/0"),
                        help="Redis the stock services write to (env STOCKWIRE_REDIS_URL)")
+    group.add_argument("--redis-cluster", action="store_true",
+                       default=os.environ.get("STOCKWIRE_REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
+                       help="--redis-url names a node of a Redis Cluster (env STOCKWIRE_REDIS_CLUSTER)")
     group.add_argument("--jwt-secret", default=os.environ.get("STOCKWIRE_JWT_SECRET", ""),
                        is_secret=True,
                        help="the gateway's HS256 secret, to sign host tokens (env STOCKWIRE_JWT_SECRET)")

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="", help="a running gateway, ws://HOST:PORT (default: start one)")
     parser.add_argument("--redis-url", default="",
                         help="its Redis (needed with --host; default without: start one)")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="--redis-url names a node of a Redis Cluster (the local gateway and the "
+                             "stock services use cluster clients)")
     parser.add_argument("--results", default="results", help="folder for the run's reports")
     parser.add_argument("--gateway-args", default="",
                         help="extra `stockwire serve` flags for a local gateway, e.g. '--interval 0.05'")
@@ -176,21 +179,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--host needs --redis-url: the stock services write to the gateway's Redis",
               file=sys.stderr)
         return 2
+    if args.redis_cluster and not args.redis_url:
+        print("--redis-cluster needs --redis-url: a node of the cluster", file=sys.stderr)
+        return 2
     out = Path(args.results) / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     with contextlib.ExitStack() as stack:
         host, redis_url = args.host, args.redis_url
+        cluster = ["--redis-cluster"] if args.redis_cluster else []
         if not host:
             if not redis_url:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stockwire-redis-")))
                 redis_url = stack.enter_context(local_redis(workdir))
             env["STOCKWIRE_JWT_SECRET"] = secrets.token_urlsafe(32)
             host = stack.enter_context(local_gateway(redis_url, env["STOCKWIRE_JWT_SECRET"],
-                                                     out / "gateway.log", shlex.split(args.gateway_args)))
+                                                     out / "gateway.log",
+                                                     [*cluster, *shlex.split(args.gateway_args)]))
         command = [
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-            "--host", host, "--redis-url", redis_url, "--scenario", args.scenario,
+            "--host", host, "--redis-url", redis_url, *cluster, "--scenario", args.scenario,
             "--csv", str(out / "locust"), "--html", str(out / "report.html"),
             *locust_args,
         ]

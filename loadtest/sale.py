@@ -18,7 +18,7 @@ from argparse import Namespace
 import gevent
 import redis
 
-from clients.publisher import SyncPublisher
+from clients.publisher import SyncPublisher, connect_blocking
 from gateway.auth import Authenticator
 from gateway.protocol import epoch_key, stock_key
 from loadtest import report
@@ -46,7 +46,7 @@ class Sale:
         self._host_rooms = itertools.cycle(plan.rooms)
         self._stock_index = itertools.count()
         self._verifier: gevent.Greenlet | None = None
-        self._redis: redis.Redis = redis.Redis.from_url(options.redis_url, socket_connect_timeout=2.0)
+        self._redis = connect_blocking(options.redis_url, cluster=options.redis_cluster)
         self.host_token = host_token(options, plan) if plan.hosts else ""
 
     # -- shared by the users ---------------------------------------------------------------
@@ -81,7 +81,7 @@ class Sale:
         return f"{self.options.room_prefix}:{self.options.run_id}:stock-users"
 
     def publisher(self) -> SyncPublisher:
-        return SyncPublisher(self.options.redis_url)
+        return SyncPublisher(self.options.redis_url, cluster=self.options.redis_cluster)
 
     def host_fields(self) -> frozenset[str]:
         """Fields every host item must carry: the gateway's, plus those the sale sets."""
