@@ -69,11 +69,28 @@ def _valid_item(item: object) -> bool:
     return isinstance(item, dict) and isinstance(item.get("sku"), str) and _is_int(item.get("ver"))
 
 
+#: Keys a viewer snapshot adds and viewer updates leave out to stay small
+#: (docs/protocol.md §6).  An update is otherwise the SKU's whole state, so
+#: only these are carried over from the held item.  Host items always repeat
+#: them, and a publisher can rename a product but never unname it, so a
+#: carried-over value is never one the publisher removed.
+SNAPSHOT_FIELDS = ("name",)
+
+
+def _with_snapshot_fields(item: dict[str, Any], held: dict[str, Any] | None) -> dict[str, Any]:
+    if held is None:
+        return item
+    missing = {k: held[k] for k in SNAPSHOT_FIELDS if k not in item and k in held}
+    return {**item, **missing} if missing else item
+
+
 class RoomView:
     """One room's state, built only from the frames given to :meth:`apply`.
 
-    Items are stored exactly as received, unknown keys included, so fields a
-    newer gateway adds reach the application without a client release.
+    Items are stored as received, unknown keys included, so fields a newer
+    gateway adds reach the application without a client release.  The one
+    exception: a viewer update keeps the ``name`` its snapshot gave, since
+    updates leave it out (:data:`SNAPSHOT_FIELDS`).
     """
 
     def __init__(self, room: str) -> None:
@@ -198,7 +215,8 @@ class RoomView:
             if current is not None and item["ver"] <= current["ver"]:
                 stale += 1
                 continue
-            self.items[sku] = item  # every item is the SKU's full state, not a delta
+            item = _with_snapshot_fields(item, current)
+            self.items[sku] = item  # the SKU's full state, not a delta
             applied.append(item)
             if _is_int(item.get("ts")):
                 latencies[sku] = received - item["ts"]

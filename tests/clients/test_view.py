@@ -62,10 +62,25 @@ def test_update_applies_only_newer_versions() -> None:
     assert view.seq == 12  # the frame itself was in order
 
 
-def test_update_item_replaces_the_whole_record() -> None:
-    view = synced_view(item("a", 10, 1, name="Mug", reserve=2))
-    view.apply(upd(11, [item("a", 9, 2)]), now_ms=0)
-    assert view.items["a"] == item("a", 9, 2)
+def test_update_item_replaces_the_whole_record_but_keeps_the_name() -> None:
+    # Viewer updates never carry the name the snapshot gave: it must survive them,
+    # while every other field of the item is the update's own.
+    view = synced_view(item("a", 10, 1, name="Mug", reserve=2), item("b", 4, 1))
+    event = view.apply(upd(11, [item("a", 9, 2), item("b", 3, 2)]), now_ms=0)
+    assert view.items["a"] == item("a", 9, 2, name="Mug")
+    assert view.items["b"] == item("b", 3, 2)  # never named: nothing invented
+    assert isinstance(event, Update)
+    assert event.items[0] == item("a", 9, 2, name="Mug")
+    view.apply(upd(12, [item("a", 8, 3, name="Big mug")]), now_ms=0)  # a host item's name wins
+    view.apply(upd(13, [item("a", 7, 4)]), now_ms=0)
+    assert view.items["a"] == item("a", 7, 4, name="Big mug")
+
+
+def test_a_snapshot_of_another_epoch_takes_names_as_they_are() -> None:
+    view = RoomView(ROOM)
+    view.apply({**snap(1, [item("a", 10, 5, name="Mug")]), "epoch": "e1"}, now_ms=0)
+    view.apply({**snap(2, [item("a", 10, 1)]), "epoch": "e2"}, now_ms=0)
+    assert view.items["a"] == item("a", 10, 1)
 
 
 @pytest.mark.parametrize("seq", [10, 9, 1])

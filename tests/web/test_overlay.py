@@ -36,6 +36,8 @@ async def test_overlay_follows_the_sale(web_gateway: RestartableGateway, redis_u
         # The snapshot: every SKU, in SKU order.
         await expect(tee).to_have_attribute("data-qty", "100", timeout=LOAD_MS)
         await expect(tee).to_contain_text(text["left"])
+        await expect(tee.locator(".name")).to_have_text("T-shirt")
+        await expect(badge(page, "cap").locator(".name")).to_have_text("cap")  # no name: the SKU
         await expect(page.locator(".badge")).to_have_count(2)
         skus = await page.locator(".badge").evaluate_all("els => els.map(e => e.dataset.sku)")
         assert skus == ["cap", "tee"]
@@ -44,6 +46,8 @@ async def test_overlay_follows_the_sale(web_gateway: RestartableGateway, redis_u
         await pub.adjust("r1", "tee", -30)
         await expect(tee).to_contain_text(text["later"], timeout=PUBLISH_MS)
         await expect(tee).to_have_attribute("data-st", "ok")
+        # Viewer updates carry no name: the badge keeps the snapshot's.
+        await expect(tee.locator(".name")).to_have_text("T-shirt")
 
         # Under the safety line (20 % of 100): emphasised.
         await pub.adjust("r1", "tee", -55)
@@ -62,6 +66,7 @@ async def test_overlay_follows_the_sale(web_gateway: RestartableGateway, redis_u
         await expect(tee).to_contain_text(text["back"])
         await expect(tee).to_have_attribute("data-restocks", "1")
         await expect(tee).to_have_class("badge restocking")
+        await expect(tee.locator(".name")).to_have_text("T-shirt")
         assert await badge(page, "cap").get_attribute("data-qty") == "500"
 
 

@@ -98,6 +98,8 @@ async def test_screenshots(web_gateway: RestartableGateway, redis_url: str, open
         await expect(host.locator('.card[data-sku="serum-30ml"] .vel .v')).to_have_text(re.compile(r"^[1-9]"))
         await expect(host.locator('.card[data-sku="sneaker-42"] .batch .q')).to_have_text("+50")
         await expect(frame.locator('.badge[data-sku="serum-30ml"]')).to_have_attribute("data-qty", "290")
+        for p in CATALOGUE:  # names from the snapshot, kept through the sales' updates
+            await expect(frame.locator(f'.badge[data-sku="{p.sku}"] .name')).to_have_text(p.name)
 
         for page, name in ((host, f"host-{lang}.png"), (phone, f"overlay-{lang}.png")):
             path = tmp_path / name

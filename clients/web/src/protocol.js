@@ -32,6 +32,27 @@ const isMap = (v) => v !== null && typeof v === "object" && !Array.isArray(v) &&
 const isItem = (v) => isMap(v) && typeof v.sku === "string" && Number.isFinite(v.ver) && Number.isFinite(v.qty);
 
 /**
+ * Fields that viewer updates leave out because the snapshot already gave them
+ * (protocol §6: viewer snapshots add `name`, updates stay minimal). An update
+ * is the SKU's whole state otherwise, so only these are carried over from the
+ * held item; host items always repeat them, and a publisher can rename but
+ * never unname, so carrying one over never resurrects a removed value.
+ */
+const SNAPSHOT_FIELDS = ["name"];
+
+function withSnapshotFields(item, held) {
+  if (held === undefined) return item;
+  let merged = item;
+  for (const key of SNAPSHOT_FIELDS) {
+    if (merged[key] === undefined && held[key] !== undefined) {
+      if (merged === item) merged = { ...item };
+      merged[key] = held[key];
+    }
+  }
+  return merged;
+}
+
+/**
  * One room as the screen knows it: items by SKU (version rule), the frame
  * sequence, the data epoch, and the latest host stats.
  *
@@ -90,7 +111,7 @@ export class RoomState {
       if (!isItem(item)) continue;
       const held = this.items.get(item.sku);
       if (held !== undefined && item.ver <= held.ver) continue;
-      this.items.set(item.sku, item);
+      this.items.set(item.sku, withSnapshotFields(item, held));
       result.changed.add(item.sku);
     }
   }

@@ -92,6 +92,26 @@ describe("RoomState", () => {
     assert.deepEqual(qtys(s), { a: 10 });
   });
 
+  test("a viewer update keeps the name its snapshot gave; everything else is replaced", () => {
+    const s = new RoomState();
+    s.apply(snapshot(1, [item("a", 10, 1, { name: "T-shirt" }), item("b", 5, 1)]));
+    s.apply(update(2, [item("a", 9, 2), item("b", 4, 2)]));
+    assert.equal(s.items.get("a").name, "T-shirt");
+    assert.equal(s.items.get("a").qty, 9);
+    assert.equal("name" in s.items.get("b"), false, "no name was ever given");
+    s.apply(update(3, [item("a", 8, 3, { name: "Tee", reserve: 5 })]));
+    assert.equal(s.items.get("a").name, "Tee", "a host item's name wins");
+    s.apply(update(4, [item("a", 7, 4)]));
+    assert.deepEqual(s.items.get("a"), item("a", 7, 4, { name: "Tee" }), "reserve is not carried over");
+  });
+
+  test("a snapshot of another epoch takes its names as they are", () => {
+    const s = new RoomState();
+    s.apply(snapshot(1, [item("a", 10, 5, { name: "T-shirt" })]));
+    s.apply(snapshot(1, [item("a", 10, 1)], "e2"));
+    assert.equal(s.items.get("a").name, undefined);
+  });
+
   test("an update before any snapshot asks for one", () => {
     const s = new RoomState();
     assert.equal(s.apply(update(4, [item("a", 1, 1)])).gap, true);
