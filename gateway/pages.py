@@ -4,12 +4,19 @@
 ``clients/web/``; ``/static/<file>`` serves the bundle that ``make web`` builds
 into ``clients/web/dist/`` plus the hand-written files in ``clients/web/static/``.
 The page reads its room from its own URL, so one file serves every room.
+
+The shells load ``../static/…`` relative to their own URL, so a proxy prefix in
+front of the gateway needs no configuration.  That only resolves from
+``/host/<room>``: ``/host/<room>/`` would look under ``/host/static/``, so a
+trailing slash is redirected away, with a relative ``Location`` (the prefix
+survives) and the query kept (it carries the host's token).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -44,12 +51,27 @@ def _file(path: Path, cache: str) -> Response:
     return Response(200, "OK", headers, body)
 
 
+def _without_trailing_slash(connection: ServerConnection, path: str, room: str) -> Response:
+    # `../room` climbs out of `room/` (one `../` per trailing slash) to the page
+    # itself, under whatever prefix the browser used.  Not permanent, so no
+    # browser caches a redirect whose URL holds a token.
+    slashes = len(path) - len(path.rstrip("/"))
+    query = urlsplit(connection.request.path).query if connection.request is not None else ""
+    location = "../" * slashes + room + (f"?{query}" if query else "")
+    response = connection.respond(302, "the page has no trailing slash\n")
+    response.headers["Location"] = location
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def page_response(connection: ServerConnection, path: str) -> Response | None:
     """A response for a page or static path, or None when the path is not ours."""
     parts = path.strip("/").split("/")
     if len(parts) == 2 and parts[0] in PAGES:
         if not valid_room(parts[1]):
             return connection.respond(404, "invalid room name\n")
+        if path.endswith("/"):
+            return _without_trailing_slash(connection, path, parts[1])
         shell = WEB_ROOT / PAGES[parts[0]]
         if not shell.is_file():
             return connection.respond(503, "web pages not installed\n")

@@ -1,7 +1,9 @@
 """The host teleprompter in a real browser.
 
-Tests marked ``stats`` need the gateway's host ``stats`` frame (velocity, time
-to sell-out, viewers); everything else works from snapshot and update frames.
+Only ``test_host_shows_velocity_eta_and_viewers_from_stats`` needs the gateway's
+host ``stats`` frame (velocity, time to sell-out, viewers); the batch countdown
+can also come from the item's own ``batches``, and everything else works from
+snapshot and update frames.
 """
 
 from __future__ import annotations
