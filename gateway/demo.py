@@ -2,9 +2,11 @@
 
 It drives stock through any ``execute(room, op)`` coroutine: the in-process
 broker for the demo, or :class:`clients.publisher.Publisher` against Redis.
-The story repeats: a live room opens with four products, a host's remark
-makes orders surge, products sell out, the reserve is released, a restock
-arrives, and the next round starts.
+The story repeats every round: a live room opens with four products, a host's
+remark makes orders surge, products sell out, sold-out products get their
+reserve released, the sneaker's flash-sale batches open at their declared
+times, the warehouse delivers a T-shirt restock, and the next round puts every
+product back on sale at its planned quantity.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ class Product:
     popularity: float = 1.0
     #: Timed flash-sale batches: (seconds into the round, units released from reserve).
     batches: tuple[tuple[float, int], ...] = ()
+    #: Warehouse deliveries: (seconds into the round, units added to the stock).
+    restocks: tuple[tuple[float, int], ...] = ()
 
 
 CATALOGUE = (
-    Product("tshirt-white-m", "基础白T恤 Classic T-shirt", 3000, 500, popularity=1.6),
+    Product("tshirt-white-m", "基础白T恤 Classic T-shirt", 3000, 500, popularity=1.6,
+            restocks=((30.0, 1000),)),
     Product("lipstick-520", "丝绒口红 #520 Velvet Lipstick", 5000, 800,
             {"douyin": 2500, "kuaishou": 1500, "taobao": 1000}, popularity=2.2),
     Product("sneaker-42", "限量跑鞋 Limited Runner 42", 800, 100, popularity=0.9,
@@ -44,7 +49,15 @@ CATALOGUE = (
 
 
 class FlashSale:
-    """Orders per second follow a surge curve; sold-out SKUs get their reserve."""
+    """Orders per second follow a surge curve; sold-out SKUs get their reserve.
+
+    A round starts when the sale opens: :meth:`open` sets every product and
+    schedules the round's batches and restocks, and :meth:`run_round` runs
+    the orders of the round that is open (opening one first if none is).  So
+    the demo can open the sale, print its URLs, then run it, and each batch is
+    released exactly once, at the time the record declares to the host.
+    Opening again cancels whatever the previous round still had pending.
+    """
 
     def __init__(self, execute: Execute, room: str = "demo", *, base_rate: float = 150.0,
                  catalogue: tuple[Product, ...] = CATALOGUE, seed: int | None = None) -> None:
@@ -57,10 +70,15 @@ class FlashSale:
         self.orders = 0
         self.refused = 0
         self._background: set[asyncio.Future[OpResult]] = set()
+        self._timers: list[asyncio.TimerHandle] = []
+        #: Loop time the open round started at; None once its orders have run.
+        self._round_start: float | None = None
 
     async def open(self) -> None:
-        """Put every product on sale at its planned quantity; schedule its batches."""
+        """Put every product on sale at its planned quantity; schedule its batches and restocks."""
+        self.close()
         loop = asyncio.get_running_loop()
+        self._round_start = loop.time()
         now_ms = int(time.time() * 1000)
         for p in self.catalogue:
             fields: dict[str, Any] = {"name": p.name, "initial": p.initial, "reserve": p.reserve}
@@ -68,15 +86,29 @@ class FlashSale:
                 fields["platforms"] = dict(p.platforms)
             if p.batches:
                 fields["batches"] = [{"at": now_ms + int(at * 1000), "qty": qty} for at, qty in p.batches]
-                for at, qty in p.batches:
-                    loop.call_later(at, self._release_batch, p, qty)
             result = await self.execute(self.room, StockOp(OpKind.SET, p.sku, p.initial, fields))
             if not result.ok:
                 raise RuntimeError(f"could not open {p.sku}: {result}")
+        # Timers count from the round's start, like the `at` times the records declare.
+        for p in self.catalogue:
+            for at, qty in p.batches:
+                self._later(at, StockOp(OpKind.RELEASE, p.sku, qty))
+            for at, qty in p.restocks:
+                self._later(at, StockOp(OpKind.ADJUST, p.sku, qty))
         self.sold_out_seen.clear()
 
-    def _release_batch(self, product: Product, units: int) -> None:
-        self._background_op(StockOp(OpKind.RELEASE, product.sku, units))
+    def close(self) -> None:
+        """Cancel the batches, restocks and reserve releases still pending."""
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+
+    def _later(self, at: float, op: StockOp) -> None:
+        """Run ``op`` ``at`` seconds after the round started."""
+        assert self._round_start is not None
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._round_start + at - loop.time())
+        self._timers.append(loop.call_later(delay, self._background_op, op))
 
     def rate(self, t: float) -> float:
         """Orders per second t seconds into a round: warm-up, KOL surge, tail."""
@@ -98,7 +130,7 @@ class FlashSale:
             self.refused += 1
             if result.qty == 0 and product.sku not in self.sold_out_seen:
                 self.sold_out_seen.add(product.sku)
-                asyncio.get_running_loop().call_later(2.0, self._release_soon, product)
+                self._timers.append(asyncio.get_running_loop().call_later(2.0, self._release_soon, product))
 
     def _release_soon(self, product: Product) -> None:
         units = product.reserve - sum(qty for _, qty in product.batches)
@@ -118,9 +150,12 @@ class FlashSale:
         task.add_done_callback(self._background.discard)
 
     async def run_round(self, seconds: float = 60.0, tick: float = 0.05) -> None:
-        await self.open()
+        """Run the open round's orders for ``seconds`` from its start (opening one if none is)."""
+        if self._round_start is None:
+            await self.open()
+        assert self._round_start is not None
+        start, self._round_start = self._round_start, None
         loop = asyncio.get_running_loop()
-        start = loop.time()
         owed = 0.0
         while (t := loop.time() - start) < seconds:
             owed += self.rate(t) * tick
@@ -130,7 +165,11 @@ class FlashSale:
             await asyncio.sleep(tick)
 
     async def run(self, rounds: int | None = None, seconds: float = 60.0) -> None:
+        """Round after round (forever without ``rounds``); nothing stays scheduled after it."""
         n = 0
-        while rounds is None or n < rounds:
-            await self.run_round(seconds)
-            n += 1
+        try:
+            while rounds is None or n < rounds:
+                await self.run_round(seconds)
+                n += 1
+        finally:
+            self.close()
