@@ -22,6 +22,8 @@ import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Final, cast
 from urllib.parse import urlencode
 
@@ -36,18 +38,24 @@ from gateway.protocol import AUDIENCES, Audience, CloseCode, valid_room
 __all__ = [
     "PERMANENT_CLOSE_CODES", "ClientClosed", "Event", "PermanentError", "RoomView", "Snapshot",
     "StockClient", "StockClientError", "Update", "backoff_delay", "build_url", "now_ms",
+    "retry_after_seconds",
 ]
 
 log = logging.getLogger("stockwire.client")
 
-#: Auth refusals; the gateway does not send them yet, so CloseCode lacks them.
-AUTH_REQUIRED: Final = 4401
-AUTH_FORBIDDEN: Final = 4403
-#: Close codes that will not change by trying again: reconnecting would only
-#: hammer the gateway with a request it has already refused.
-PERMANENT_CLOSE_CODES: Final = frozenset(
-    {int(CloseCode.BAD_FRAME), int(CloseCode.UNKNOWN_ROOM), AUTH_REQUIRED, AUTH_FORBIDDEN}
-)
+#: Close codes that will not change by trying again (docs/protocol.md §9):
+#: reconnecting would only hammer the gateway with a request it has already
+#: refused.  1009 is a frame over the limit, either one of ours or one of the
+#: gateway's over ``max_frame_bytes``; the same frame would be too big again.
+PERMANENT_CLOSE_CODES: Final = frozenset(int(code) for code in (
+    CloseCode.MESSAGE_TOO_BIG, CloseCode.BAD_FRAME, CloseCode.TOKEN_EXPIRED, CloseCode.FORBIDDEN,
+    CloseCode.UNKNOWN_ROOM,
+))
+#: Handshake refusals that say when to come back (protocol §5.2).
+RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
+#: A longer Retry-After is taken as this: a misconfigured proxy must not park
+#: a screen for hours.
+MAX_RETRY_AFTER: Final = 300.0
 #: Snapshots of big rooms for hosts can exceed websockets' 1 MiB default.
 DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 _RESYNC: Final = msgpack.packb({"t": "resync"})
@@ -75,6 +83,25 @@ def backoff_delay(attempt: int, initial: float, maximum: float,
     across the whole window, so a restart is not followed by a stampede."""
     ceiling = min(maximum, initial * 2 ** min(attempt, _MAX_EXPONENT))
     return (rng or random).uniform(0, ceiling)
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks us to wait: delta-seconds or an
+    HTTP date; None when absent or unreadable.  Capped at :data:`MAX_RETRY_AFTER`."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None  # HTTP dates are GMT; one without a zone is not one
+        seconds = max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return min(seconds, MAX_RETRY_AFTER)
 
 # -- the I/O client --------------------------------------------------------------
 
@@ -118,7 +145,10 @@ class StockClient:
     stops and :class:`PermanentError` is raised from the iterator,
     :meth:`wait_for` and :meth:`wait_closed`, and kept in :attr:`error`.
     Failed handshakes (refused, timed out, HTTP 5xx/429) are retried; HTTP 401
-    and 403 (bad, expired or wrong-room token) are permanent.
+    and 403 (bad, expired or wrong-room token) are permanent.  A 429 or 503
+    with ``Retry-After`` is not retried on that gateway before the time it
+    names: the wait is ``Retry-After`` plus the usual jittered backoff, so a
+    crowd refused together does not come back together.
 
     ``url`` may be a list of gateway base URLs: each reconnect moves on to the
     next one, so the clients of a node that died or is draining spread over
@@ -169,6 +199,10 @@ class StockClient:
         self.last_close_code: int | None = None
         self.last_close_reason: str = ""
         self.last_error: BaseException | None = None
+        #: Seconds the client waits before its next attempt, while it waits (for status displays).
+        self.retry_delay: float | None = None
+        #: Per gateway base URL: loop time before which its Retry-After says not to come back.
+        self._not_before: dict[int, float] = {}
 
     @property
     def url(self) -> str:
@@ -324,7 +358,9 @@ class StockClient:
                 if self._closing:
                     break
                 self._base_index = (self._base_index + 1) % len(self._bases)
-                await asyncio.sleep(backoff_delay(attempt, *self._backoff, rng=self._rng))
+                self.retry_delay = self._next_delay(attempt)
+                await asyncio.sleep(self.retry_delay)
+                self.retry_delay = None
                 attempt += 1
         except PermanentError as exc:
             self.error = exc
@@ -332,6 +368,14 @@ class StockClient:
         finally:
             self._ws = None
             self._finish()
+
+    def _next_delay(self, attempt: int) -> float:
+        """The jittered backoff, after whatever Retry-After the next gateway gave."""
+        delay = backoff_delay(attempt, *self._backoff, rng=self._rng)
+        not_before = self._not_before.pop(self._base_index, None)
+        if not_before is not None:
+            delay += max(0.0, not_before - asyncio.get_running_loop().time())
+        return delay
 
     async def _session(self) -> bool:
         """One connection, from open to close; True if it delivered a snapshot."""
@@ -352,6 +396,10 @@ class StockClient:
             if status in (401, 403):
                 body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
                 raise PermanentError(status, body or f"HTTP {status}") from None
+            if status in RETRY_AFTER_STATUSES:
+                wait = retry_after_seconds(exc.response.headers.get("Retry-After"))
+                if wait is not None:
+                    self._not_before[self._base_index] = asyncio.get_running_loop().time() + wait
             self.connect_failures += 1
             self.last_error = exc
             self._notify()
@@ -383,10 +431,16 @@ class StockClient:
     def _closed(self, ws: ClientConnection) -> None:
         self._ws = None
         self.connected = False
-        self.last_close_code = ws.close_code
-        self.last_close_reason = ws.close_reason or ""
+        code, reason = ws.close_code, ws.close_reason or ""
+        sent = ws.protocol.close_sent
+        if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG and code != sent.code:
+            # We failed the connection ourselves (it reads as 1006): a gateway
+            # frame over max_frame_bytes, which the next snapshot would repeat.
+            code, reason = sent.code, f"{sent.reason} (raise max_frame_bytes)"
+        self.last_close_code = code
+        self.last_close_reason = reason
         if not self._closing:
-            log.info("stockwire connection closed: %s %s", ws.close_code, ws.close_reason)
+            log.info("stockwire connection closed: %s %s", code, reason)
         self._notify()
 
     async def _receive(self, ws: ClientConnection, message: str | bytes) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from websockets.asyncio.server import ServerConnection
 
 import clients.client as client_mod
 from clients.client import (
+    MAX_RETRY_AFTER,
     PERMANENT_CLOSE_CODES,
     ClientClosed,
     PermanentError,
@@ -22,6 +24,7 @@ from clients.client import (
     backoff_delay,
     build_url,
     now_ms,
+    retry_after_seconds,
 )
 from gateway.protocol import CloseCode
 from tests.clients.fakes import ROOM, WAIT, FakeGateway, item, received, snap, upd, wire
@@ -51,8 +54,20 @@ def test_build_url() -> None:
 
 
 def test_permanent_codes() -> None:
-    assert {4400, 4404, 4401, 4403} == set(PERMANENT_CLOSE_CODES)
+    # docs/protocol.md §9: "do not retry (unchanged)".
+    assert {1009, 4400, 4404, 4401, 4403} == set(PERMANENT_CLOSE_CODES)
     assert CloseCode.SLOW_CLIENT not in PERMANENT_CLOSE_CODES
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    now = datetime(2026, 5, 20, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(" 12 ") == 12.0
+    assert retry_after_seconds("Wed, 20 May 2026 12:00:30 GMT", now) == 30.0
+    assert retry_after_seconds("Wed, 20 May 2026 11:59:00 GMT", now) == 0.0  # already past
+    assert retry_after_seconds("999999") == MAX_RETRY_AFTER
+    for junk in (None, "", "-3", "1.5", "soon", "Wed, 20 May 2026 12:00:30"):
+        assert retry_after_seconds(junk, now) is None, junk
 
 
 def test_client_rejects_bad_arguments() -> None:
@@ -175,6 +190,18 @@ async def test_permanent_close_stops_and_reports(gw: FakeGateway, code: int) -> 
     # The client task is over, so it cannot have tried again.
     assert len(gw.paths) == 1
     assert gw.pending() == 0
+
+
+async def test_a_gateway_frame_over_max_frame_bytes_stops_the_client(gw: FakeGateway) -> None:
+    # The client closes with 1009 itself; the same snapshot would be too big again.
+    async with make_client(gw, max_frame_bytes=1024) as c:
+        ws = await gw.accept()
+        await ws.send(wire(snap(1, [item(f"sku-{i}", i, 1) for i in range(100)])))
+        with pytest.raises(PermanentError) as info:
+            await asyncio.wait_for(c.wait_closed(), WAIT)
+        assert info.value.code == 1009
+        assert "max_frame_bytes" in info.value.reason
+    assert len(gw.paths) == 1
 
 
 async def test_backoff_resets_after_a_connection_that_delivered_a_snapshot(
