@@ -61,6 +61,9 @@ def add_arguments(parser: Any) -> None:
                        help="fail the run when failures/events exceed this ratio (default 0)")
     group.add_argument("--max-seen-ms", type=float, default=0.0,
                        help="fail the run when a sold-out or restock took longer to show (0: no limit)")
+    group.add_argument("--max-restock-seen-ms", type=float, default=None,
+                       help="fail the run when a restock took longer to show "
+                            "(default: the scenario's, 1000 for tshirt-sellout; 0: no limit)")
 
 
 def new_run_id() -> str:
@@ -87,5 +90,9 @@ def plan_from(options: Namespace) -> Plan:
 
 
 def thresholds_from(options: Namespace) -> Thresholds:
+    """The limits the exit code keeps: the command line's, else the scenario's own."""
+    restock = getattr(options, "max_restock_seen_ms", None)
+    if restock is None:
+        restock = SCENARIOS[options.scenario].max_restock_seen_ms
     return Thresholds(max_p99_ms=options.max_p99_ms, max_fail_ratio=options.max_fail_ratio,
-                      max_seen_ms=options.max_seen_ms)
+                      max_seen_ms=options.max_seen_ms, max_restock_seen_ms=restock)

@@ -96,6 +96,8 @@ class Thresholds:
     max_p99_ms: float = 0.0
     max_fail_ratio: float = 0.0
     max_seen_ms: float = 0.0
+    #: Only for ``restock seen``; a scenario may carry its own (tshirt-sellout: 1 s).
+    max_restock_seen_ms: float = 0.0
 
 
 class EntryStats(Protocol):
@@ -147,4 +149,9 @@ def evaluate(entries: Iterable[EntryStats], thresholds: Thresholds) -> Verdict:
             worst = entry.max_response_time
             verdict.check(worst <= thresholds.max_seen_ms,
                           f"{label}: max {worst:.0f} ms (limit {thresholds.max_seen_ms:.0f} ms)")
+        restock_limit = thresholds.max_restock_seen_ms
+        if restock_limit > 0 and entry.name == RESTOCK_SEEN:
+            worst = entry.max_response_time
+            verdict.check(worst <= restock_limit,
+                          f"{label}: max {worst:.0f} ms (restock limit {restock_limit:g} ms)")
     return verdict

@@ -145,6 +145,9 @@ class Scenario:
     #: Declare the timed ``release`` actions as the record's ``batches`` so
     #: host screens show the next batch.
     declare_batches: bool = False
+    #: The scenario's own promise on the slowest ``restock seen`` (ms; 0: none);
+    #: ``--max-restock-seen-ms`` overrides it.
+    max_restock_seen_ms: float = 0.0
 
 
 # -- the four rehearsals ---------------------------------------------------------------
@@ -177,6 +180,7 @@ TSHIRT_SELLOUT = Scenario(
     ),
     actions=(Action("restock", "restock", 2000 / 3000, at=345.0),),
     end=420,
+    max_restock_seen_ms=1000.0,  # "the restock must show within a second"
 )
 
 BATCH_RELEASE = Scenario(

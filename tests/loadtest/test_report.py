@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from argparse import Namespace
 from dataclasses import dataclass
 
 from loadtest import report
+from loadtest.options import thresholds_from
 from loadtest.report import Thresholds, evaluate
 
 
@@ -51,3 +53,24 @@ def test_seen_limit_judges_the_worst_case() -> None:
 
 def test_a_run_without_events_fails() -> None:
     assert evaluate([], Thresholds()).failed
+
+
+def test_the_restock_limit_judges_only_restock_seen() -> None:
+    restock = Entry(report.HOST, report.RESTOCK_SEEN, 1, p99=1200, max_response_time=1200)
+    sold_out = Entry(report.VIEWER, report.SOLD_OUT_SEEN, 50, p99=3000, max_response_time=3000)
+    verdict = evaluate([restock, sold_out], Thresholds(max_restock_seen_ms=1000))
+    assert verdict.failed
+    assert [line for line in verdict.lines if line.startswith("FAILED")] == [
+        "FAILED  ws-host restock seen: max 1200 ms (restock limit 1000 ms)"]
+    assert not evaluate([restock, sold_out], Thresholds(max_restock_seen_ms=1500)).failed
+
+
+def test_tshirt_sellout_carries_its_one_second_restock_promise() -> None:
+    def options(scenario: str, **given: float | None) -> Namespace:
+        return Namespace(scenario=scenario, max_p99_ms=0.0, max_fail_ratio=0.0, max_seen_ms=0.0, **given)
+
+    assert thresholds_from(options("tshirt-sellout", max_restock_seen_ms=None)).max_restock_seen_ms == 1000
+    assert thresholds_from(options("tshirt-sellout", max_restock_seen_ms=250)).max_restock_seen_ms == 250
+    assert thresholds_from(options("tshirt-sellout", max_restock_seen_ms=0)).max_restock_seen_ms == 0
+    for other in ("kol-surge", "batch-release", "multi-platform"):
+        assert thresholds_from(options(other, max_restock_seen_ms=None)).max_restock_seen_ms == 0
