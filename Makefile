@@ -58,13 +58,16 @@ clean:
 
 # Rehearse a flash sale with Locust (docs/loadtest.md).  Without HOST it starts a
 # redis-server and a gateway of its own; reports land in results/<scenario>-<time>/.
-# (HOST counts only when it is a URL: csh's HOST variable, the machine's name, is ignored.)
+# (HOST counts only when it is a URL: csh's HOST variable, the machine's name, is ignored.
+# REDIS_URL counts only on make's command line: an exported one, common on
+# Heroku-style hosts, must not send a local rehearsal's rooms to that Redis.)
 #   make loadtest SCENARIO=kol-surge ARGS="--speed 5 --peak-viewers 400"
 #   make loadtest SCENARIO=tshirt-sellout HOST=ws://gw:8765 REDIS_URL=redis://redis:6379/0
 SCENARIO ?= kol-surge
+LOADTEST_REDIS_URL = $(if $(filter command line,$(origin REDIS_URL)),$(REDIS_URL))
 .PHONY: loadtest
 loadtest: install        ## rehearse a flash sale: SCENARIO=… [HOST=ws://… REDIS_URL=…] [ARGS=…]
 	@$(if $(findstring ://,$(HOST)),true,scripts/ensure-redis.sh)
 	$(BIN)/python -m loadtest.run --scenario $(SCENARIO) \
 		$(if $(findstring ://,$(HOST)),--host $(HOST)) \
-		$(if $(REDIS_URL),--redis-url $(REDIS_URL)) -- $(ARGS)
+		$(if $(LOADTEST_REDIS_URL),--redis-url $(LOADTEST_REDIS_URL)) -- $(ARGS)
