@@ -17,11 +17,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jwt
+from jwt.algorithms import get_default_algorithms
 
 from gateway.protocol import AUDIENCES, Audience
 
 #: Tokens a verifier will not even parse: well over any honest token's size.
 MAX_TOKEN_BYTES = 4096
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+#: RS*, PS*, ES*, EdDSA: whatever this PyJWT verifies with a public key.
+PUBLIC_KEY_ALGORITHMS = frozenset(get_default_algorithms()) - HMAC_ALGORITHMS - {"none"}
+
+
+def check_algorithms(algorithms: Sequence[str], *, secret: bool, public_key: bool) -> None:
+    """Refuse, at startup, an algorithm list that the configured key cannot honour.
+
+    An HMAC algorithm beside a public key is the classic algorithm confusion:
+    the public key, which anyone may hold, would be taken as an HMAC secret.
+    PyJWT refuses that per token, so such a list cannot admit anyone with an
+    HMAC token and only hides the mistake until the first host connects.
+    """
+    if not algorithms:
+        raise ValueError("jwt_algorithms is empty: list at least one, e.g. HS256")
+    unknown = [a for a in algorithms if a not in HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS]
+    if unknown:
+        raise ValueError(f"jwt_algorithms: unsupported {', '.join(unknown)} "
+                         f"(HMAC: HS256/384/512; public key: RS*, PS*, ES*, EdDSA)")
+    hmac = [a for a in algorithms if a in HMAC_ALGORITHMS]
+    if public_key and hmac:
+        raise ValueError(f"jwt_algorithms lists {', '.join(hmac)} beside jwt_public_key_file: "
+                         "an HMAC algorithm must not be verified with a public key")
+    if secret and not hmac:
+        raise ValueError("jwt_secret needs an HMAC algorithm (HS256, HS384 or HS512) in jwt_algorithms")
 
 
 class AuthError(Exception):
@@ -68,6 +94,8 @@ class Authenticator:
         self.secret = secret
         self.key = public_key or secret
         self.algorithms = list(algorithms)
+        if self.key is not None:
+            check_algorithms(self.algorithms, secret=public_key is None, public_key=public_key is not None)
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
@@ -89,7 +117,7 @@ class Authenticator:
             )
         except jwt.ExpiredSignatureError:
             raise AuthError(401, "expired_token", "token expired") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidKeyError too: a key that cannot verify this token
             raise AuthError(401, "invalid_token", f"invalid token: {type(exc).__name__}") from None
         role, rooms = claims.get("role"), claims.get("rooms")
         if role not in AUDIENCES:
@@ -101,9 +129,14 @@ class Authenticator:
 
     def mint(self, role: Audience, rooms: Sequence[str], ttl: float, subject: str | None = None,
              now: float | None = None) -> str:
-        """Sign a token with the shared secret (operators, tests, the demo)."""
+        """Sign a token with the shared secret (operators, tests, the demo).
+
+        The algorithm is the first HMAC one accepted, HS256 if none is: a
+        secret cannot sign for a public-key algorithm.
+        """
         if self.secret is None:
             raise ValueError("minting needs the shared secret (STOCKWIRE_JWT_SECRET)")
+        algorithm = next((a for a in self.algorithms if a in HMAC_ALGORITHMS), "HS256")
         issued = int(time.time() if now is None else now)
         claims: dict[str, object] = {"role": role, "rooms": list(rooms), "iat": issued,
                                      "exp": issued + int(ttl)}
@@ -113,7 +146,7 @@ class Authenticator:
             claims["iss"] = self.issuer
         if self.audience:
             claims["aud"] = self.audience
-        return jwt.encode(claims, self.secret, algorithm=self.algorithms[0])
+        return jwt.encode(claims, self.secret, algorithm=algorithm)
 
 
 def authorize(auth: Authenticator, token: str | None, room: str, audience: Audience,

@@ -75,7 +75,8 @@ async def _until_signalled() -> None:
 async def _serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0) -> None:
     """Serve until SIGTERM/SIGINT, then drain: 1012 closes spread over the drain window.
 
-    A second signal during the drain stops at once.
+    A second signal during the drain stops at once: the 1012s not sent yet are
+    cancelled and the remaining clients are closed with 1001.
     """
     from gateway.server import Gateway
 
@@ -87,6 +88,8 @@ async def _serve(settings: Settings, *, reuse_port: bool = False, worker: int = 
     done, _ = await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
     if drain not in done:
         drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
         await gateway.stop()
     second.cancel()
 
@@ -133,6 +136,10 @@ async def _demo(settings: Settings, room: str, duration: float | None, rate: flo
 # -- publish -------------------------------------------------------------------
 
 
+class InvalidInput(ValueError):
+    """Input a command cannot use: reported in one line with exit code 2."""
+
+
 def _batches(values: list[str] | None) -> list[dict[str, int]] | None:
     """``--batch 300=500``: release 500 units 300 seconds from now."""
     if not values:
@@ -141,9 +148,12 @@ def _batches(values: list[str] | None) -> list[dict[str, int]] | None:
     out = []
     for value in values:
         seconds, sep, qty = value.partition("=")
-        if not sep:
-            raise SystemExit(f"--batch takes SECONDS=QTY, got {value!r}")
-        out.append({"at": now_ms + int(float(seconds) * 1000), "qty": int(qty)})
+        try:
+            if not sep:
+                raise ValueError
+            out.append({"at": now_ms + int(float(seconds) * 1000), "qty": int(qty)})
+        except (ValueError, OverflowError):
+            raise InvalidInput(f"--batch takes SECONDS=QTY (QTY a whole number), got {value!r}") from None
     return out
 
 
@@ -153,23 +163,35 @@ def _platform_pairs(values: list[str] | None) -> dict[str, int] | None:
     out: dict[str, int] = {}
     for value in values:
         name, sep, qty = value.partition("=")
-        if not sep:
-            raise SystemExit(f"--platform-qty takes NAME=QTY, got {value!r}")
-        out[name] = int(qty)
+        try:
+            if not sep:
+                raise ValueError
+            out[name] = int(qty)
+        except ValueError:
+            raise InvalidInput(f"--platform-qty takes NAME=QTY (QTY a whole number), got {value!r}") from None
     return out
 
 
 async def _publish(args: argparse.Namespace) -> int:
+    """Apply one change; invalid input (here or caught by the publisher) exits 2."""
+    try:
+        fields = {
+            "name": args.name, "initial": args.initial, "reserve": args.reserve,
+            "safety": args.safety, "platforms": _platform_pairs(args.platform_qty),
+            "batches": _batches(args.batch),
+        }
+        return await _apply(args, fields)
+    except ValueError as exc:
+        print(f"stockwire publish: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+async def _apply(args: argparse.Namespace, fields: dict[str, Any]) -> int:
     from redis.exceptions import RedisError
 
     from clients.publisher import Publisher
     from gateway.stock import Status
 
-    fields = {
-        "name": args.name, "initial": args.initial, "reserve": args.reserve,
-        "safety": args.safety, "platforms": _platform_pairs(args.platform_qty),
-        "batches": _batches(args.batch),
-    }
     async with Publisher(args.redis_url, cluster=args.redis_cluster) as pub:
         try:
             if args.set is not None:
@@ -268,23 +290,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "publish":
         return int(run(_publish(args)))
     if args.command == "token":
-        from gateway.auth import Authenticator
-
-        secret = args.secret or Settings().jwt_secret
-        if not secret:
-            print("no secret: set STOCKWIRE_JWT_SECRET or pass --secret", file=sys.stderr)
-            return EXIT_INVALID
-        auth = Authenticator(secret=secret, algorithms=Settings().jwt_algorithms.split(","))
-        print(auth.mint(args.role, args.rooms, args.ttl, args.subject))
-        return EXIT_OK
+        return _token(args)
     if args.command == "watch":
-        from clients.watch import watch
-
-        with contextlib.suppress(KeyboardInterrupt):
-            run(watch(args.url, args.room, role=args.role, token=args.token, once=args.once,
-                      snapshot_timeout=10.0 if args.once else None))
-        return EXIT_OK
+        return _watch(args)
     return EXIT_INVALID  # pragma: no cover - argparse enforces the choices
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Sign with the shared secret, in the first HMAC algorithm the gateways
+    accept (HS256 if they list none): a secret cannot sign RS256 or ES256."""
+    from gateway.auth import HMAC_ALGORITHMS, Authenticator
+
+    secret = args.secret or os.environ.get("STOCKWIRE_JWT_SECRET")
+    if not secret:
+        print("stockwire token: no secret: set STOCKWIRE_JWT_SECRET or pass --secret "
+              "(tokens for a public-key deployment are signed by your issuer's private key)",
+              file=sys.stderr)
+        return EXIT_INVALID
+    listed = os.environ.get("STOCKWIRE_JWT_ALGORITHMS", "HS256").split(",")
+    hmac = [a.strip() for a in listed if a.strip() in HMAC_ALGORITHMS] or ["HS256"]
+    auth = Authenticator(secret=secret, algorithms=hmac)
+    print(auth.mint(args.role, args.rooms, args.ttl, args.subject))
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """A refusal (bad room, bad or missing token) is one line and exit 3, not a traceback."""
+    from clients.client import PermanentError
+    from clients.watch import watch
+
+    try:
+        run(watch(args.url, args.room, role=args.role, token=args.token, once=args.once,
+                  snapshot_timeout=10.0 if args.once else None))
+    except KeyboardInterrupt:
+        pass
+    except PermanentError as exc:
+        print(f"stockwire watch: refused ({exc.code}): {exc.reason.strip() or 'no reason'}",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    except TimeoutError:
+        print(f"stockwire watch: no snapshot from {args.url} within 10 s", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ import logging
 import time
 from typing import Any
 
+from websockets.exceptions import InvalidHandshake
+
+#: Exceptions of a failed opening handshake that the client caused.
+NOISE = (InvalidHandshake, EOFError, ConnectionError, TimeoutError)
+
 
 class _Formatter(logging.Formatter):
     def __init__(self, as_json: bool) -> None:
@@ -40,13 +45,32 @@ def _quote(value: object) -> str:
     return text
 
 
+class _HandshakeNoise(logging.Filter):
+    """Drop websockets' reports of handshakes the client broke (scanners, half-open
+    sockets, timeouts): the refusal counters carry those.  Anything else at
+    error level (a handler or parser that crashed) is a bug and gets through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, NOISE)
+
+
 def configure(level: str = "warning", fmt: str = "text") -> None:
+    formatter = _Formatter(fmt == "json")
     handler = logging.StreamHandler()
-    handler.setFormatter(_Formatter(fmt == "json"))
+    handler.setFormatter(formatter)
     root = logging.getLogger("stockwire")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-    # The websockets library logs every failed handshake at error level; our
-    # own refusal counters carry that information without the noise.
-    logging.getLogger("websockets").setLevel(logging.CRITICAL)
+    # websockets logs connection opens and refusals at info and its own
+    # failures at error; only the failures belong in our logs, in our format.
+    # The filter sits on the handler: records of websockets.server and other
+    # child loggers skip the filters of the "websockets" logger itself.
+    library_handler = logging.StreamHandler()
+    library_handler.setFormatter(formatter)
+    library_handler.addFilter(_HandshakeNoise())
+    library = logging.getLogger("websockets")
+    library.handlers[:] = [library_handler]
+    library.setLevel(logging.ERROR)
+    library.propagate = False

@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import Counter as MetricCounter
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Event, State
 
 from gateway.alerts import Thresholds
 from gateway.auth import Authenticator, AuthError, Grant, authorize
@@ -36,7 +40,7 @@ from gateway.brokers.memory import MemoryBroker
 from gateway.brokers.redis import RedisBroker
 from gateway.hub import Hub, HubConfig
 from gateway.keepalive import Keepalive
-from gateway.limits import ConnectionCounts, TokenBucket, origin_allowed
+from gateway.limits import AddressBuckets, ConnectionCounts, TokenBucket, forwarded_client, origin_allowed
 from gateway.metrics import Metrics
 from gateway.pages import page_response
 from gateway.protocol import (
@@ -59,14 +63,94 @@ WS_PREFIX = "/ws/"
 PING_FRAME = b"\x89\x00"
 
 
+#: Request headers that must appear at most once; a second copy is ambiguous
+#: (which Origin was checked, which token?) and is refused with 400.
+SINGLE_HEADERS = ("Origin", "Authorization")
+#: Close codes websockets sends by itself, and the reason they are counted under.
+PROTOCOL_CLOSES = {1002: "protocol_error", 1007: "invalid_utf8", CloseCode.MESSAGE_TOO_BIG: "too_big"}
+
+
+def write_cap(send_buffer_limit: int) -> int:
+    """Bytes of websockets' own replies a peer may leave unread before it is cut off.
+
+    Well above the slow-client bound, which frames respect and replies do not:
+    an honest client never gets near it, since the gateway writes replies only
+    to what the client sends, and that is rate limited.
+    """
+    return max(4 * send_buffer_limit, 1 << 20)
+
+
+@dataclass(slots=True)
+class Admission:
+    """What the handshake decided, kept on the connection until it is gone.
+
+    The connection slot is taken at the handshake, not when the handler
+    starts, so concurrent handshakes from one address cannot all pass the
+    per-address cap; it is released when the TCP connection goes, whether or
+    not the upgrade ever happened.
+    """
+
+    address: str
+    grant: Grant | None
+    counts: ConnectionCounts
+    held: bool = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.counts.remove(self.address)
+
+
 class StockwireConnection(ServerConnection):
-    """A server connection that notes when its peer last sent anything, for :mod:`gateway.keepalive`."""
+    """A server connection that enforces the limits websockets' automatic replies bypass.
+
+    It notes when the peer last sent anything (for :mod:`gateway.keepalive`)
+    and carries its :class:`Admission`.  WebSocket pings count against the
+    client's message rate like data frames do, and a peer that makes the
+    gateway queue more than ``write_cap`` bytes of pongs without reading them
+    is cut off: otherwise a client that floods pings and never reads grows
+    the gateway's memory without bound.
+    """
 
     last_rx = 0.0
 
+    def __init__(self, *args: Any, message_rate: float, message_burst: int, write_cap: int,
+                 closes: MetricCounter, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.admission: Admission | None = None
+        self.messages = TokenBucket(message_rate, message_burst, time.monotonic())
+        self.write_cap = write_cap
+        self._closes = closes
+        self._refused: asyncio.Task[None] | None = None
+
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
+        transport = self.transport
+        queued = transport.get_write_buffer_size()
         super().data_received(data)
+        # Only websockets' own replies are written from here, never frames.
+        after = transport.get_write_buffer_size()
+        if after > self.write_cap and after > queued and not transport.is_closing():
+            self._closes.labels("control_flood").inc()
+            transport.abort()
+
+    def process_event(self, event: Event) -> None:
+        if (isinstance(event, Frame) and event.opcode is Opcode.PING and self.protocol.state is OPEN
+                and not self.messages.take(time.monotonic())):
+            self.refuse("too_many_messages", CloseCode.TOO_MANY_MESSAGES, "too many messages")
+        super().process_event(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.admission is not None:
+            self.admission.release()
+
+    def refuse(self, reason: str, code: int, text: str) -> asyncio.Task[None]:
+        """Close for breaking a limit; counted once, however often the limit is broken."""
+        if self._refused is None:
+            self._closes.labels(reason).inc()
+            self._refused = self.loop.create_task(self.close(code, text))
+        return self._refused
 
 
 class WsClient:
@@ -103,17 +187,13 @@ class WsClient:
     def buffered(self) -> int:
         return self.transport.get_write_buffer_size()
 
+    @property
+    def closing(self) -> bool:
+        return self._closing is not None
+
     def close(self, code: int, reason: str) -> None:
         if self._closing is None:
             self._closing = asyncio.create_task(self.ws.close(code, reason))
-
-
-@dataclass(slots=True)
-class Admission:
-    """What the handshake decided, handed to the connection's handler."""
-
-    address: str
-    grant: Grant | None
 
 
 def build_broker(settings: Settings, metrics: Metrics) -> Broker:
@@ -128,8 +208,8 @@ def build_authenticator(settings: Settings) -> Authenticator:
     public_key = None
     if settings.jwt_public_key_file:
         public_key = Path(settings.jwt_public_key_file).read_text()
-    algorithms = [a.strip() for a in settings.jwt_algorithms.split(",") if a.strip()]
-    return Authenticator(secret=settings.jwt_secret, public_key=public_key, algorithms=algorithms,
+    return Authenticator(secret=settings.jwt_secret, public_key=public_key,
+                         algorithms=settings.algorithms(),
                          issuer=settings.jwt_issuer, audience=settings.jwt_audience)
 
 
@@ -146,6 +226,7 @@ class Gateway:
             broker or build_broker(s, self.metrics),
             HubConfig(
                 interval=s.interval,
+                urgent_interval=s.urgent_interval,
                 thresholds=Thresholds(s.safety_line, s.critical_line),
                 send_buffer_limit=s.send_buffer_limit,
                 slow_client_timeout=s.slow_client_timeout,
@@ -159,14 +240,17 @@ class Gateway:
         self.origins = s.origins()
         self.counts = ConnectionCounts(s.max_connections_per_address, s.max_connections)
         self.handshakes = TokenBucket(s.handshake_rate, s.handshake_burst, time.monotonic())
+        self.address_handshakes = AddressBuckets(s.handshake_rate_per_address,
+                                                 s.handshake_burst_per_address)
         self.draining = False
         self.server: Server | None = None
-        self._admitted: dict[ServerConnection, Admission] = {}
         self._clients: set[WsClient] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self.keepalive: Keepalive[WsClient] = Keepalive(s.ping_interval)
         self._pinger: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()
+        self._drain_timers: list[asyncio.TimerHandle] = []
+        self._stopping: asyncio.Future[None] | None = None
         self._port: int | None = None
 
     @property
@@ -184,33 +268,59 @@ class Gateway:
         return f"ws://{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
+        s = self.settings
         await self.hub.start()
+        connection = functools.partial(
+            StockwireConnection, message_rate=s.client_message_rate,
+            message_burst=s.client_message_burst, write_cap=write_cap(s.send_buffer_limit),
+            closes=self.metrics.client_closes,
+        )
         self.server = await serve(
             self._handle,
-            self.settings.host,
-            self.settings.port,
+            s.host,
+            s.port,
             process_request=self._http,
+            process_response=self._responded,
             compression=None,  # frames are shared bytes; per-client deflate would undo that
             max_size=MAX_CLIENT_FRAME,
             max_queue=4,
-            create_connection=StockwireConnection,
+            create_connection=connection,  # type: ignore[arg-type]
             ping_interval=None,  # gateway.keepalive pings, spread evenly over the interval
             ping_timeout=None,
             close_timeout=2,
             server_header="stockwire",
             reuse_port=self.reuse_port or None,
-            backlog=self.settings.backlog,
+            backlog=s.backlog,
         )
         self._port = self.server.sockets[0].getsockname()[1]
         self._watchdog = asyncio.create_task(self._watch_loop())
         self._pinger = asyncio.create_task(self._keepalive_loop())
-        log.info("gateway.started", extra={"fields": {"url": self.url, "broker": self.settings.broker}})
+        log.info("gateway.started", extra={"fields": {"url": self.url, "broker": s.broker}})
 
     async def stop(self) -> None:
+        """Close every remaining client with 1001 and stop.
+
+        Safe to call again and in the middle of a drain (a second SIGTERM):
+        the drain's pending 1012s are cancelled and whoever is left goes at once.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self) -> None:
         for task in (self._watchdog, self._pinger):
             if task is not None:
                 task.cancel()
+        for timer in self._drain_timers:
+            timer.cancel()
+        self._drain_timers.clear()
+        if self._clients:
+            log.info("gateway.stopping", extra={"fields": {"clients": len(self._clients)}})
+        for client in list(self._clients):
+            self._close(client, CloseCode.GOING_AWAY, "going away", "going_away")
         if self.server is not None:
+            # A drain already closed the listener, which makes this a no-op;
+            # otherwise it also closes connections not yet in the handler.
             self.server.close(close_connections=True)
             await self.server.wait_closed()
         await self.hub.stop()
@@ -230,14 +340,27 @@ class Gateway:
         clients = list(self._clients)
         random.shuffle(clients)
         loop = asyncio.get_running_loop()
-        for i, client in enumerate(clients):
-            delay = window * i / len(clients)
-            loop.call_later(delay, client.close, CloseCode.SERVICE_RESTART, "service restart")
-        if self._clients:
-            self._emptied.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._emptied.wait(), window + 5)
+        self._drain_timers = [
+            loop.call_later(window * i / len(clients), self._restart, client)
+            for i, client in enumerate(clients)
+        ]
+        # Late joiners (upgraded before the drain, in the handler after it) are
+        # closed as they arrive and waited for like the others.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(window + 5):
+                while self._clients or (self.server is not None and self.server.connections):
+                    self._emptied.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._emptied.wait(), 0.5)
         await self.stop()
+
+    def _restart(self, client: WsClient) -> None:
+        self._close(client, CloseCode.SERVICE_RESTART, "service restart", "service_restart")
+
+    def _close(self, client: WsClient, code: int, text: str, reason: str) -> None:
+        if not client.closing:
+            self.metrics.client_closes.labels(reason).inc()
+            client.close(code, text)
 
     async def _watch_loop(self) -> None:
         """Measure event-loop lag: the gateway's own "am I CPU-saturated?" signal."""
@@ -262,6 +385,14 @@ class Gateway:
     # -- HTTP and admission ----------------------------------------------------------
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Answer HTTP or admit an upgrade; a bug here is a counted 500, never a traceback."""
+        try:
+            return self._route(connection, request)
+        except Exception:
+            log.exception("request.failed", extra={"fields": {"path": urlsplit(request.path).path}})
+            return self._refuse(connection, 500, "internal_error", "internal error")
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path.startswith(WS_PREFIX):
             return self._admit(connection, request)
@@ -285,6 +416,13 @@ class Gateway:
             return page
         return connection.respond(404, "not found\n")
 
+    def _responded(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        """Count upgrades we admitted but websockets refused (no Upgrade header, bad key…)."""
+        admission: Admission | None = getattr(connection, "admission", None)
+        if admission is not None and response.status_code != 101:
+            self.metrics.refusals.labels("bad_handshake").inc()
+            admission.release()
+
     def _refuse(self, connection: ServerConnection, status: int, reason: str, text: str,
                 retry_after: float | None = None) -> Response:
         self.metrics.refusals.labels(reason).inc()
@@ -295,25 +433,35 @@ class Gateway:
 
     def _address(self, connection: ServerConnection, request: Request) -> str:
         if self.settings.proxy_headers:
-            forwarded = request.headers.get("X-Forwarded-For")
-            if forwarded:
-                return forwarded.split(",")[0].strip()
+            forwarded = forwarded_client(request.headers.get_all("X-Forwarded-For"),
+                                         self.settings.proxy_hops)
+            if forwarded is not None:
+                return forwarded
         peer = connection.remote_address
         return str(peer[0]) if peer else "unknown"
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Cheapest and most specific checks first: one address must not spend the
+        node-wide handshake budget that everyone else shares."""
         if self.draining:
             return self._refuse(connection, 503, "draining", "draining: reconnect to another node",
                                 random.uniform(1, 5))
-        if not self.handshakes.take(time.monotonic()):
-            return self._refuse(connection, 503, "handshake_rate", "too many new connections",
-                                self.handshakes.wait_time() + random.uniform(0, 2))
-        if self.counts.full():
-            return self._refuse(connection, 503, "node_full", "node is full", random.uniform(1, 10))
+        for name in SINGLE_HEADERS:
+            if len(request.headers.get_all(name)) > 1:
+                return self._refuse(connection, 400, "bad_request", f"duplicate {name} header")
         address = self._address(connection, request)
+        now = time.monotonic()
         if self.counts.address_full(address):
             return self._refuse(connection, 429, "address_full", "too many connections from this address",
                                 random.uniform(5, 15))
+        if not self.address_handshakes.take(address, now):
+            return self._refuse(connection, 429, "address_rate", "too many new connections from this address",
+                                self.address_handshakes.wait_time(address) + random.uniform(0, 2))
+        if self.counts.full():
+            return self._refuse(connection, 503, "node_full", "node is full", random.uniform(1, 10))
+        if not self.handshakes.take(now):
+            return self._refuse(connection, 503, "handshake_rate", "too many new connections",
+                                self.handshakes.wait_time() + random.uniform(0, 2))
         if not origin_allowed(request.headers.get("Origin"), self.origins):
             return self._refuse(connection, 403, "origin", "origin not allowed")
         parts = urlsplit(request.path)
@@ -328,13 +476,14 @@ class Gateway:
                                   self.settings.require_viewer_token)
             except AuthError as exc:
                 return self._refuse(connection, exc.status, exc.reason, exc.message)
-        self._admitted[connection] = Admission(address, grant)
+        self.counts.add(address)
+        connection.admission = Admission(address, grant, self.counts)  # type: ignore[attr-defined]
         return None
 
     # -- WebSocket ---------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        admission = self._admitted.pop(ws, None)
+        admission: Admission | None = getattr(ws, "admission", None)
         if admission is None:  # pragma: no cover - every upgrade passes _admit first
             await ws.close(CloseCode.INTERNAL_ERROR, "not admitted")
             return
@@ -350,28 +499,42 @@ class Gateway:
             await ws.close(CloseCode.BAD_FRAME, "role must be viewer or host")
             return
         client = WsClient(ws, room, role)  # type: ignore[arg-type]
-        self.counts.add(admission.address)
-        self._clients.add(client)
-        self.keepalive.add(client)
-        expiry = self._expire_at(client, admission.grant)
-        self.hub.join(client)
+        expiry: list[asyncio.TimerHandle | None] = [None]
         try:
-            await self._receive(ws, client, expiry)
+            self._clients.add(client)
+            self.keepalive.add(client)
+            expiry = self._expire_at(client, admission.grant)
+            self.hub.join(client)
+            if self._stopping is not None:
+                self._close(client, CloseCode.GOING_AWAY, "going away", "going_away")
+            elif self.draining:  # admitted before the drain began, handled after
+                self._restart(client)
+            await self._receive(ws, client, expiry)  # type: ignore[arg-type]
         except ConnectionClosed:
-            # The close the gateway sent, not the one received: on a too-big
-            # frame websockets sends 1009 and drops the connection.
-            sent = ws.protocol.close_sent
-            if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
-                self.metrics.client_closes.labels("too_big").inc()
+            self._count_protocol_close(ws)
+        except Exception:
+            log.exception("connection.failed", extra={"fields": {"room": room, "audience": role}})
+            self.metrics.client_closes.labels("internal_error").inc()
+            await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             if expiry[0] is not None:
                 expiry[0].cancel()
             self.hub.leave(client)
             self._clients.discard(client)
             self.keepalive.remove(client)
-            self.counts.remove(admission.address)
             if not self._clients:
                 self._emptied.set()
+
+    def _count_protocol_close(self, ws: ServerConnection) -> None:
+        """Count the closes websockets sends by itself (the one sent, not received:
+        on a too-big frame websockets sends 1009 and drops the connection)."""
+        sent = ws.protocol.close_sent
+        if sent is None:
+            return
+        if sent.code in PROTOCOL_CLOSES:
+            self.metrics.client_closes.labels(PROTOCOL_CLOSES[sent.code]).inc()
+        elif sent.code == CloseCode.INTERNAL_ERROR and not sent.reason:
+            self.metrics.client_closes.labels("internal_error").inc()
 
     def _expire_at(self, client: WsClient, grant: Grant | None) -> list[asyncio.TimerHandle | None]:
         """Close the connection when its token expires, unless it is renewed first."""
@@ -385,14 +548,11 @@ class Gateway:
         self.metrics.client_closes.labels("token_expired").inc()
         client.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
-    async def _receive(self, ws: ServerConnection, client: WsClient,
+    async def _receive(self, ws: StockwireConnection, client: WsClient,
                        expiry: list[asyncio.TimerHandle | None]) -> None:
-        s = self.settings
-        bucket = TokenBucket(s.client_message_rate, s.client_message_burst, time.monotonic())
         async for data in ws:
-            if not bucket.take(time.monotonic()):
-                self.metrics.client_closes.labels("too_many_messages").inc()
-                await ws.close(CloseCode.TOO_MANY_MESSAGES, "too many messages")
+            if not ws.messages.take(time.monotonic()):  # shared with WebSocket pings
+                await ws.refuse("too_many_messages", CloseCode.TOO_MANY_MESSAGES, "too many messages")
                 return
             try:
                 message = decode_client_frame(data)

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.auth import check_algorithms
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STOCKWIRE_", extra="ignore")
@@ -32,6 +34,10 @@ class Settings(BaseSettings):
     )
     interval: float = Field(
         0.1, ge=0, le=10, description="Seconds between a room's frames under a burst"
+    )
+    urgent_interval: float = Field(
+        0.02, ge=0, description="Minimum seconds between urgent frames (sold out, back in stock, "
+        "safety-line crossing) of one room"
     )
     safety_line: float = Field(
         0.2, ge=0, lt=1, description="Default safety line, as a fraction of initial stock"
@@ -81,12 +87,22 @@ class Settings(BaseSettings):
     )
     handshake_rate: float = Field(2000.0, gt=0, description="New handshakes per second per node")
     handshake_burst: int = Field(4000, ge=1, description="Handshakes allowed in a burst")
+    handshake_rate_per_address: float = Field(
+        50.0, gt=0, description="New handshakes per second per client address (429 beyond)"
+    )
+    handshake_burst_per_address: int = Field(
+        100, ge=1, description="Handshakes one client address may make in a burst"
+    )
     client_message_rate: float = Field(
         2.0, gt=0, description="Messages per second a client may send (viewers send almost none)"
     )
     client_message_burst: int = Field(10, ge=1, description="Client messages allowed in a burst")
     proxy_headers: bool = Field(
         False, description="Take the client address from X-Forwarded-For (behind a trusted proxy)"
+    )
+    proxy_hops: int = Field(
+        1, ge=1, description="Trusted proxies in front of the gateway: the client address is the "
+        "X-Forwarded-For entry this far from the right"
     )
     drain_window: float = Field(
         10.0, ge=0, description="Seconds over which SIGTERM spreads reconnects (close 1012)"
@@ -102,7 +118,12 @@ class Settings(BaseSettings):
             raise ValueError("critical_line must not be above safety_line")
         if self.jwt_secret is not None and self.jwt_public_key_file is not None:
             raise ValueError("set jwt_secret or jwt_public_key_file, not both")
+        check_algorithms(self.algorithms(), secret=self.jwt_secret is not None,
+                         public_key=self.jwt_public_key_file is not None)
         return self
+
+    def algorithms(self) -> list[str]:
+        return [a.strip() for a in self.jwt_algorithms.split(",") if a.strip()]
 
     def origins(self) -> tuple[str, ...]:
         return tuple(o.strip() for o in self.allowed_origins.split(",") if o.strip())

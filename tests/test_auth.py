@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
 
 from gateway.auth import Authenticator, AuthError, Grant, authorize
+from gateway.settings import Settings
 
 SECRET = "s" * 40
 auth = Authenticator(secret=SECRET)
@@ -80,3 +83,51 @@ def test_authorize_decides_per_audience() -> None:
     assert authorize(auth, host, "live-1", "viewer", False) is not None  # hosts may watch as viewers
     unconfigured = Authenticator()
     assert refused(authorize, unconfigured, host, "live-1", "host", False).reason == "auth_unconfigured"
+
+
+def public_pem() -> str:
+    private = ec.generate_private_key(ec.SECP256R1())
+    return private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def test_a_token_the_key_cannot_verify_is_an_invalid_token_not_a_crash() -> None:
+    # A secret deployment that also lists RS256: PyJWT raises InvalidKeyError,
+    # which is not an InvalidTokenError, when asked to verify RS256 with a secret.
+    mixed = Authenticator(secret=SECRET, algorithms=["HS256", "RS256"])
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rs256 = jwt.encode({"role": "host", "rooms": ["*"], "exp": time.time() + 60}, private,
+                       algorithm="RS256")
+    error = refused(mixed.verify, rs256)
+    assert (error.status, error.reason) == (401, "invalid_token")
+    assert error.message == "invalid token: InvalidKeyError"
+    assert mixed.verify(mixed.mint("host", ["a"], ttl=60)).role == "host"
+
+
+def test_algorithm_lists_the_key_cannot_honour_are_refused_at_startup(tmp_path: Path) -> None:
+    pem = public_pem()
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(pem)
+    with pytest.raises(ValueError, match="HS256 beside jwt_public_key_file"):
+        Authenticator(public_key=pem, algorithms=["ES256", "HS256"])
+    cases = [
+        ({"jwt_public_key_file": str(key_file), "jwt_algorithms": "ES256,HS256"}, "HS256 beside"),
+        ({"jwt_public_key_file": str(key_file), "jwt_algorithms": "HS512"}, "HS512 beside"),
+        ({"jwt_secret": SECRET, "jwt_algorithms": "RS256"}, "jwt_secret needs an HMAC algorithm"),
+        ({"jwt_secret": SECRET, "jwt_algorithms": "HS256,none"}, "unsupported none"),
+        ({"jwt_secret": SECRET, "jwt_algorithms": " , "}, "jwt_algorithms is empty"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValidationError, match=message):
+            Settings(**options)  # type: ignore[arg-type]
+    assert Settings(jwt_public_key_file=str(key_file), jwt_algorithms="ES256, RS256").algorithms() == [
+        "ES256", "RS256"]
+    assert Settings(jwt_secret=SECRET, jwt_algorithms="RS256,HS384").algorithms() == ["RS256", "HS384"]
+    assert Settings().algorithms() == ["HS256"]  # no key at all: nothing to check against
+
+
+def test_minting_uses_the_first_hmac_algorithm_accepted() -> None:
+    token = Authenticator(secret=SECRET * 2, algorithms=["RS256", "HS384"]).mint("viewer", ["r"], 60)
+    assert jwt.get_unverified_header(token)["alg"] == "HS384"
+    assert jwt.get_unverified_header(auth.mint("viewer", ["r"], 60))["alg"] == "HS256"

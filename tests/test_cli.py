@@ -8,17 +8,31 @@ import re
 import signal
 import sys
 
+import jwt
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
 from gateway.cli import build_parser, settings_from
-from tests.conftest import free_port
+from gateway.protocol import CloseCode
+from gateway.server import Gateway
+from tests.conftest import JWT_SECRET, free_port, gateway_settings, token
 from tests.screens import Screen
 
 
-async def start(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+async def start(*args: str, env: dict[str, str] | None = None,
+                unset: tuple[str, ...] = ()) -> asyncio.subprocess.Process:
+    environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=environ,
     )
+
+
+async def output(*args: str, **kwargs: object) -> tuple[int, str]:
+    proc = await start(*args, **kwargs)  # type: ignore[arg-type]
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode or 0, out.decode()
 
 
 async def wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -43,6 +57,11 @@ def test_flags_win_over_environment() -> None:
         assert (s.port, s.send_buffer_limit, s.interval) == (9001, 4096, 0.5)
         args = build_parser().parse_args(["serve", "--interval", "0.25"])
         assert settings_from(args).interval == 0.25
+        args = build_parser().parse_args(["serve", "--broker", "memory", "--urgent-interval", "0.05",
+                                          "--proxy-hops", "2", "--handshake-rate-per-address", "7"])
+        gateway = Gateway(settings_from(args))
+        assert gateway.hub.config.urgent_interval == 0.05
+        assert (gateway.settings.proxy_hops, gateway.address_handshakes.rate) == (2, 7.0)
     finally:
         del os.environ["STOCKWIRE_INTERVAL"]
 
@@ -132,3 +151,96 @@ async def test_watch_once_prints_the_room_table(redis_url: str) -> None:
     assert "lipstick-520" in text
     assert "37" in text
     assert "Velvet" in text
+
+
+async def test_token_opens_the_host_audience_of_its_room_and_no_other(redis_url: str) -> None:
+    # Listing a public-key algorithm first must not matter: a secret signs HMAC.
+    code, out = await output("token", "--role", "host", "--room", "live-1", "--ttl", "600",
+                             env={"STOCKWIRE_JWT_SECRET": JWT_SECRET,
+                                  "STOCKWIRE_JWT_ALGORITHMS": "RS256,HS256"})
+    assert code == 0, out
+    minted = out.strip()
+    assert jwt.get_unverified_header(minted)["alg"] == "HS256"
+    gw = Gateway(gateway_settings(redis_url))
+    await gw.start()
+    try:
+        async with Screen(f"{gw.url}/ws/live-1?role=host&token={minted}") as host:
+            await host.until(lambda s: s.frames)
+            assert host.frames[0]["t"] == "snapshot"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"{gw.url}/ws/live-2?role=host&token={minted}"):
+                pass
+        assert refused.value.response.status_code == 403
+    finally:
+        await gw.stop()
+
+
+async def test_token_without_a_secret_says_so_and_exits_2() -> None:
+    code, out = await output("token", "--role", "host", "--room", "r", unset=("STOCKWIRE_JWT_SECRET",))
+    assert code == 2
+    assert "no secret" in out
+    assert "Traceback" not in out
+
+
+async def test_publish_rejects_bad_input_with_exit_2_and_one_line(redis_url: str) -> None:
+    for args in [
+        ("bad room", "a", "--set", "1"),
+        ("r", "a", "--set", "1", "--platform-qty", "douyin=x"),
+        ("r", "a", "--set", "1", "--platform-qty", "douyin"),
+        ("r", "a", "--set", "1", "--batch", "300=lots"),
+        ("r", "a", "--set", "1", "--batch", "soon=5"),
+    ]:
+        code, out = await output("publish", *args, "--redis-url", redis_url)
+        assert code == 2, (args, out)
+        assert "Traceback" not in out, out
+        assert len(out.strip().splitlines()) == 1, out
+    assert "invalid room name" in (await output("publish", "bad room", "a", "--set", "1",
+                                                "--redis-url", redis_url))[1]
+
+
+async def test_watch_reports_a_refusal_without_a_traceback(redis_url: str) -> None:
+    gw = Gateway(gateway_settings(redis_url))
+    await gw.start()
+    try:
+        code, out = await output("watch", "shop", "--url", gw.url, "--role", "host", "--once")
+        assert code == 3, out
+        assert "host connections need a token" in out
+        assert "Traceback" not in out
+        code, out = await output("watch", "shop", "--url", gw.url, "--role", "host", "--once",
+                                 "--token", token("host", ("other",)))
+        assert (code, "token does not open this room" in out) == (3, True), out
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_second_sigterm_closes_the_rest_1001_at_once_and_exits(redis_url: str, workers: int) -> None:
+    port = free_port()
+    proc = await start("serve", "--port", str(port), "--workers", str(workers), "--drain-window", "60",
+                       env={"STOCKWIRE_REDIS_URL": redis_url})
+    screens = [Screen(f"ws://127.0.0.1:{port}/ws/r") for _ in range(5)]
+    try:
+        await wait_for_port(port)
+        for screen in screens:
+            await screen.__aenter__()
+            await screen.until(lambda s: s.frames)
+        proc.send_signal(signal.SIGTERM)
+        # Each worker's first 1012 goes at once; its next is 12 s or more into the 60 s window.
+        await asyncio.wait_for(asyncio.wait([asyncio.ensure_future(s.closed(10)) for s in screens],
+                                            return_when=asyncio.FIRST_COMPLETED), 10)
+        await asyncio.sleep(0.5)
+        restarted = [s for s in screens if s.close_code is not None]
+        proc.send_signal(signal.SIGTERM)
+        codes = [await screen.closed(10) for screen in screens]
+        assert {s.close_code for s in restarted} == {CloseCode.SERVICE_RESTART}
+        assert len(restarted) <= workers
+        assert sorted(codes) == [CloseCode.GOING_AWAY] * (5 - len(restarted)) + [
+            CloseCode.SERVICE_RESTART] * len(restarted)
+        await asyncio.wait_for(proc.wait(), 15)  # not the 60 s window
+        assert proc.returncode == 0
+    finally:
+        for screen in screens:
+            await screen.__aexit__()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

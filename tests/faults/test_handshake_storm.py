@@ -30,9 +30,11 @@ pytestmark = pytest.mark.slow
 ROOM = "storm"
 TOTAL = 10_000
 BATCH = 200
-#: The handshake rate limit would answer 503 long before 10,000; lift it so the
-#: auth path itself is what is exercised.
-FLAGS = {"handshake_rate": 100_000, "handshake_burst": 100_000}
+#: The handshake rate limits (per node, and per address: every request here
+#: comes from 127.0.0.1) would answer 503/429 long before 10,000; lift them so
+#: the auth path itself is what is exercised.
+FLAGS = {"handshake_rate": 100_000, "handshake_burst": 100_000,
+         "handshake_rate_per_address": 100_000, "handshake_burst_per_address": 100_000}
 
 FORGED = Authenticator(secret="not-the-gateway-secret-but-long-enough!").mint("host", [ROOM], 3600)
 #: (label, request path, extra header lines, expected status, expected refusal reason)
@@ -51,9 +53,9 @@ KINDS = [
 ]
 
 
-async def handshake(port: int, path: str, headers: str) -> int:
+async def handshake(port: int, path: str, headers: str, source: str = "127.0.0.1") -> int:
     """Write one upgrade request, read the status line; returns the status code."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write((
@@ -132,6 +134,28 @@ async def test_ten_thousand_bad_handshakes_are_all_refused_and_counted(
         assert normal.connects == 1
         assert normal.connected
         assert len(during) >= elapsed * 2, "the normal client stopped receiving during the storm"
+
+
+async def test_one_address_flooding_handshakes_does_not_lock_out_the_others(
+    own_redis: RedisServer, gateway_nodes: Callable[..., GatewayNode]
+) -> None:
+    """1,600 handshakes from one address against a node budget of 1,000: that
+    address is refused 429 by its own budget (50/s, burst 100, the defaults)
+    before it can spend the node's, so a client from another address gets in."""
+    node = await gateway_nodes(own_redis.url, "flood", handshake_rate=10, handshake_burst=1000).start()
+    statuses: Counter[int] = Counter()
+    for _ in range(1600 // BATCH):
+        statuses.update(await asyncio.gather(*(
+            handshake(node.port, f"/ws/{ROOM}?token=not.a.jwt", "") for _ in range(BATCH))))
+    other = await handshake(node.port, f"/ws/{ROOM}", "", source="127.0.0.2")
+    refusals = (await node.metrics()).by_label("stockwire_handshake_refusals_total", "reason")
+    report("1,600 handshakes from one address, node burst 1,000",
+           statuses=dict(statuses), refusals_total_by_reason=refusals, other_address=other)
+    assert set(statuses) == {401, 429}
+    assert sum(statuses.values()) == 1600
+    assert statuses[429] >= 1000
+    assert other == 101
+    assert refusals.get("handshake_rate", 0) == 0
 
 
 async def timed_get(port: int, path: str) -> float:
