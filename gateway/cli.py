@@ -105,7 +105,7 @@ async def _demo(settings: Settings, room: str, duration: float | None, rate: flo
     await gateway.start()
     token = gateway.auth.mint("host", [room], ttl=7 * 24 * 3600, subject="demo-host")
     sale = FlashSale(gateway.broker.execute, room, base_rate=rate)
-    await sale.open()
+    await sale.open()  # the first round starts here; sale.run() below plays it, not a second one
     url = gateway.url
     http = f"http://{settings.host}:{gateway.port}"
     print(
@@ -129,6 +129,8 @@ async def _demo(settings: Settings, room: str, duration: float | None, rate: flo
             await asyncio.sleep(duration)
     finally:
         sale_task.cancel()
+        # Its batches and restocks are cancelled with it, before the gateway goes.
+        await asyncio.wait([sale_task])
         await gateway.stop()
     print(f"stockwire demo: {sale.orders} orders, {sale.refused} refused at zero.", flush=True)
 
