@@ -37,7 +37,10 @@ from loadtest.summary import summarize
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 #: One load generator shows up as one client address; the gateway's
 #: per-address cap (200 by default) is meant for the internet, not for this.
-LOCAL_GATEWAY_OPTIONS = ("--max-connections-per-address", "1000000", "--drain-window", "0")
+#: One load generator is one client address: lift the per-address limits, keep the node's own.
+LOCAL_GATEWAY_OPTIONS = ("--max-connections-per-address", "1000000",
+                         "--handshake-rate-per-address", "1000000",
+                         "--handshake-burst-per-address", "1000000", "--drain-window", "0")
 
 
 def free_port() -> int:

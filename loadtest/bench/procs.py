@@ -333,7 +333,8 @@ def start_gateway(workdir: Path, redis_url: str, cpu: int | None, *, interval: f
         "--host", "127.0.0.1", "--port", str(port), "--redis-url", redis_url, "--jwt-secret", JWT_SECRET,
         "--interval", str(interval), "--max-connections", "1000000",
         "--max-connections-per-address", "1000000", "--handshake-rate", "1000000",
-        "--handshake-burst", "1000000", "--drain-window", "0", "--log-level", "warning", *extra,
+        "--handshake-burst", "1000000", "--handshake-rate-per-address", "1000000",
+        "--handshake-burst-per-address", "1000000", "--drain-window", "0", "--log-level", "warning", *extra,
     ]
     log = workdir / "gateway.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKWIRE_")}
