@@ -321,13 +321,18 @@ class TrackedClient(StockClient):
     - ``shown``: every (ver, qty) it displayed per SKU, in order (snapshot and update callbacks);
     - ``timeline``: (monotonic time, "open"/"close", close code) for every connection change;
     - ``rng.draws``: the reconnect delays it chose;
-    - ``latencies``: publish-to-receive milliseconds of every applied update item.
+    - ``snapshots_at``: when (monotonic) each snapshot was applied: a screen shows
+      the room again from then on, not from the handshake;
+    - ``latencies``: (publish ms, publish-to-receive ms) of every applied update
+      item while ``record_latency`` is set; the publish time lets a test cut a
+      run into windows.
     """
 
     def __init__(self, url: str | Sequence[str], room: str, **kwargs: Any) -> None:
         self.rng = RecordingRandom(kwargs.pop("seed", None))
         self.shown: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        self.latencies: list[int] = []
+        self.latencies: list[tuple[int, int]] = []
+        self.snapshots_at: list[float] = []
         self.timeline: list[tuple[float, str, int | None]] = []
         self.record_latency = False
         super().__init__(url, room, rng=self.rng, on_snapshot=self._shown_snapshot,
@@ -335,6 +340,7 @@ class TrackedClient(StockClient):
         self._monitor: asyncio.Task[None] | None = None
 
     def _shown_snapshot(self, event: Snapshot) -> None:
+        self.snapshots_at.append(time.monotonic())
         for item in event.items:
             self.shown[item["sku"]].append((item["ver"], item["qty"]))
 
@@ -342,7 +348,7 @@ class TrackedClient(StockClient):
         for item in event.items:
             self.shown[item["sku"]].append((item["ver"], item["qty"]))
         if self.record_latency:
-            self.latencies.extend(event.latencies_ms.values())
+            self.latencies.extend((event.received_ms - ms, ms) for ms in event.latencies_ms.values())
 
     async def __aenter__(self) -> TrackedClient:
         await super().__aenter__()

@@ -5,8 +5,10 @@
 Seeds the SKUs (no ``initial``, so every update stays in the ``ok`` tier and is
 merged by the interval, the surge case) with heavy records (a 200-character
 name, 16 platforms: ~800 bytes, what host screens receive), prints ``seeded``,
-waits for a line on stdin, then sells one unit at a time at ``--rate`` updates
-per second for ``--duration`` seconds and prints ``done <updates> <errors>``.
+waits for a line on stdin, prints ``started <wall-clock ms>``, then sells one
+unit at a time at ``--rate`` updates per second for ``--duration`` seconds and
+prints ``done <updates> <errors>``.  The start time lets the measuring side cut
+the surge into windows by the records' publish timestamps (the same clock).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ async def surge(url: str, room: str, skus: list[str], rate: float, duration: flo
             assert result.status is Status.OK
         print("seeded", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        print(f"started {time.time_ns() // 1_000_000}", flush=True)
         start = time.monotonic()
         n = 0
         while time.monotonic() - start < duration:
