@@ -1,7 +1,11 @@
 """Faults 2 and 3: a node dies (SIGKILL), a node is rolled (SIGTERM, drain, restart).
 
 Two real gateway processes serve the same room from one Redis.  Clients use
-the SDK with both URLs; each reconnect moves on to the next URL.
+the SDK with both URLs; each reconnect moves on to the next URL.  What a
+client *shows* is judged through the SDK's callbacks (every record displayed,
+in order); a raw screen on the surviving node judges the gateway's own frames.
+A client is "in an error state" from the close of one connection until the
+snapshot of the next: until then a screen can only say "reconnecting".
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tests.faults.conftest import (
     tracked_clients,
     until,
 )
+from tests.screens import Screen
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +67,8 @@ async def test_sigkill_of_one_node_moves_its_clients_without_going_backwards(
     a, b = await start_pair(own_redis.url, gateway_nodes, workers=workers)
     seller = Seller(own_redis.url, ROOM, SKUS)
     await seller.seed()
-    async with tracked_clients(client_specs(a, b, 12, 8), ROOM) as clients:
+    async with tracked_clients(client_specs(a, b, 12, 8), ROOM) as clients, \
+            Screen(f"{b.url}/ws/{ROOM}") as raw:
         on_a, on_b = clients[:12], clients[12:]
         truth = await seller.truth()
         await until(lambda: all(c.state() == truth for c in clients), 10)
@@ -84,6 +90,7 @@ async def test_sigkill_of_one_node_moves_its_clients_without_going_backwards(
         converged_after = time.monotonic() - stopped_at
 
         gaps = [(reopen - closed) * 1000 for c in on_a for closed, reopen, _ in c.outages()]
+        dark = [d * 1000 for c in on_a for d, _ in error_states(c)]
         report(
             f"SIGKILL of one of two nodes during sales ({workers} worker(s) per node)",
             clients=f"{len(on_a)} on the killed node, {len(on_b)} on the survivor",
@@ -91,6 +98,7 @@ async def test_sigkill_of_one_node_moves_its_clients_without_going_backwards(
             all_moved_and_synced_after_kill=f"{moved_after:.2f} s",
             converged_after_sales_stopped=f"{converged_after:.2f} s",
             disconnected_ms=summary(gaps),
+            error_state_ms=summary(dark),
             displayed_records=sum(len(v) for c in clients for v in c.shown.values()),
         )
         for c in on_a:
@@ -102,6 +110,9 @@ async def test_sigkill_of_one_node_moves_its_clients_without_going_backwards(
         # only) quantities never go up, across the move to the other node.
         assert [bad for c in clients for bad in c.backwards()] == []
         assert [bad for c in clients for bad in c.restocked()] == []
+        # The survivor's own frames stayed in sequence and never went back.
+        assert raw.close_code is None
+        assert raw.violations == []
 
 
 DRAIN_WINDOW = 2.0
@@ -113,6 +124,23 @@ RECONNECT_MARGIN = 0.5
 def drawn_delay(client: TrackedClient, after: float, before: float) -> float:
     """The reconnect delays the client drew between ``after`` and ``before``."""
     return sum(d for at, d in client.rng.draws if after <= at <= before)
+
+
+def error_states(client: TrackedClient) -> list[tuple[float, float]]:
+    """(seconds in an error state, reconnect delay drawn meanwhile) for every close.
+
+    From the close until the first snapshot after it (necessarily on a later
+    connection); the delay is what the client drew after its previous
+    connection opened (the backoff it waited before this reconnect).  Inf when
+    no snapshot followed.
+    """
+    opened = [at for at, kind, _ in client.timeline if kind == "open"]
+    out = []
+    for closed, reopened, _ in client.outages():
+        previous_open = max(t for t in opened if t < closed)
+        shown = min((t for t in client.snapshots_at if t > closed), default=float("inf"))
+        out.append((shown - closed, drawn_delay(client, previous_open, reopened)))
+    return out
 
 
 @pytest.mark.parametrize("workers", WORKERS)
@@ -147,13 +175,10 @@ async def test_rolling_restart_spreads_1012_and_clients_are_never_long_without_a
 
         closes = sorted(at - term_at for c in on_a for at, kind, code in c.timeline
                         if kind == "close" and code == CloseCode.SERVICE_RESTART)
-        gaps, excess = [], []
-        for c in on_a:
-            opened = [at for at, kind, _ in c.timeline if kind == "open"]
-            for closed, reopened, _ in c.outages():
-                previous_open = max(t for t in opened if t < closed)
-                gaps.append(reopened - closed)
-                excess.append(reopened - closed - drawn_delay(c, previous_open, reopened))
+        gaps = [reopened - closed for c in on_a for closed, reopened, _ in c.outages()]
+        states = [state for c in on_a for state in error_states(c)]
+        dark = [d for d, _ in states]
+        excess = [d - delay for d, delay in states]
         report(
             f"rolling restart: SIGTERM with --drain-window {DRAIN_WINDOW} ({workers} worker(s) per node)",
             clients=f"{len(on_a)} on the drained node, {len(on_b)} on the other",
@@ -161,15 +186,18 @@ async def test_rolling_restart_spreads_1012_and_clients_are_never_long_without_a
             drained_node_exited_after=f"{exited_after:.2f} s",
             restarted_and_ready_after=f"{restarted_after:.2f} s",
             disconnected_ms=summary([g * 1000 for g in gaps]),
-            disconnected_minus_drawn_backoff_ms=summary([e * 1000 for e in excess]),
+            error_state_ms=summary([d * 1000 for d in dark]),
+            error_state_minus_drawn_backoff_ms=summary([e * 1000 for e in excess]),
         )
         # Every client of the drained node got exactly one 1012, spread over the window.
         assert len(closes) == len(on_a)
         assert all(len(c.outages()) == 1 for c in on_a)
         assert closes[-1] - closes[0] >= DRAIN_WINDOW / 2, "1012 closes came all at once"
         assert closes[-1] <= DRAIN_WINDOW + 1.5
-        # No one stayed without a connection longer than the delay it drew, plus a margin.
+        # No one showed an error state (closed, or open without the room's
+        # snapshot yet) longer than the reconnect delay it drew, plus a margin.
         assert max(excess) <= RECONNECT_MARGIN, f"worst: {max(excess):.3f} s past the drawn delay"
         assert [c.connects for c in on_b] == [1] * len(on_b)
         assert [bad for c in clients for bad in c.backwards()] == []
+        assert [bad for c in clients for bad in c.restocked()] == []
         assert all(c.error is None for c in clients)
