@@ -551,6 +551,11 @@ class Gateway:
     async def _receive(self, ws: StockwireConnection, client: WsClient,
                        expiry: list[asyncio.TimerHandle | None]) -> None:
         async for data in ws:
+            if ws.protocol.close_sent is not None:
+                # websockets closed first (1009, 1002, 1007): messages queued before that
+                # get no answer, and its close is the one counted.
+                self._count_protocol_close(ws)
+                return
             if not ws.messages.take(time.monotonic()):  # shared with WebSocket pings
                 await ws.refuse("too_many_messages", CloseCode.TOO_MANY_MESSAGES, "too many messages")
                 return
