@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -34,19 +35,21 @@ from gateway.protocol import (
     encode_frame,
     ws_binary_frame,
 )
-from gateway.room import Outcome, RoomState
+from gateway.room import Epoch, Held, Outcome, RoomState
 
 log = logging.getLogger("stockwire.hub")
 
 
 class Client(Protocol):
-    """What the hub needs from a connection; the websocket adapter provides it."""
+    """What the hub needs from a connection; the websocket adapter provides it.
+
+    The hub writes only through :meth:`offer`, so every frame it sends (updates,
+    snapshots, host stats) is subject to the same send-buffer bound.
+    """
 
     room: str
     audience: Audience
     lagging_since: float | None
-
-    def write(self, frame: bytes) -> None: ...
 
     def offer(self, frame: bytes, limit: int) -> bool:
         """Write ``frame`` unless more than ``limit`` bytes are already queued."""
@@ -60,6 +63,10 @@ class Client(Protocol):
 @dataclass(frozen=True, slots=True)
 class HubConfig:
     interval: float = 0.1
+    #: Least time between two frames when the second is urgent (a tier change):
+    #: transitions still skip the interval, but a flickering SKU cannot turn
+    #: every update into a frame.
+    urgent_interval: float = 0.02
     thresholds: Thresholds = field(default_factory=Thresholds)
     send_buffer_limit: int = 256 * 1024
     slow_client_timeout: float = 10.0
@@ -71,15 +78,17 @@ class HubConfig:
     closes_per_sweep: int = 50
     #: How often hosts get a ``stats`` frame (velocity, ETA, viewer count).
     stats_interval: float = 1.0
-    #: Records held while a room's snapshot loads; past this the load restarts.
-    load_buffer_limit: int = 100_000
+    #: Backoff between attempts to load a room whose snapshot could not be read
+    #: (doubling from the first to the cap, jittered).
+    load_retry_min: float = 0.1
+    load_retry_max: float = 5.0
 
 
 class Room:
     def __init__(self, name: str, config: HubConfig) -> None:
         self.name = name
         self.state = RoomState(name, config.thresholds)
-        self.pacer = Pacer(config.interval)
+        self.pacer = Pacer(config.interval, config.urgent_interval)
         self.clients: dict[Audience, set[Client]] = {a: set() for a in AUDIENCES}
         self.loaded = False
         self.timer: asyncio.TimerHandle | None = None
@@ -88,9 +97,13 @@ class Room:
         self.load_lock = asyncio.Lock()
         #: Viewers over all gateway nodes, from the last report (0: not known yet).
         self.viewers_total = 0
-        #: Records that arrive while a snapshot is loading; None when not loading.
-        self.held: list[StockRecord] | None = None
-        self.held_overflow = False
+        #: While a snapshot is due or being read, what arrives meanwhile; None
+        #: once the room is live.  A new room starts held: it is not loaded.
+        self.held: Held | None = Held()
+        #: Epochs on records that were neither the room's nor known past ones.
+        self.suspects: set[str] = set()
+        self.loader: asyncio.Task[None] | None = None
+        self.subscribed = False
 
     def __len__(self) -> int:
         return sum(len(c) for c in self.clients.values())
@@ -135,6 +148,7 @@ class Hub:
         if self._clock is None:
             self._clock = self._loop.time
         await self.broker.start(self)
+        self.metrics.broker_ready.set(1 if self.broker.ready else 0)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="stockwire-sweeper")
         self._stats = asyncio.create_task(self._stats_forever(), name="stockwire-stats")
 
@@ -152,10 +166,11 @@ class Hub:
         assert self._clock is not None
         return self._clock()
 
-    def _spawn(self, coro: object, name: str) -> None:
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- clients ---------------------------------------------------------------
 
@@ -166,7 +181,7 @@ class Hub:
         if room is None:
             room = self.rooms[name] = Room(name, self.config)
             self.metrics.rooms.set(len(self.rooms))
-            self._spawn(self._load(room), f"load:{name}")
+            self._start_loader(room)
         if room.grace is not None:
             room.grace.cancel()
             room.grace = None
@@ -193,57 +208,123 @@ class Hub:
         if room is not None and room.loaded and client.lagging_since is None:
             self._send_snapshot(room, client)
 
+    def _live(self, room: Room) -> bool:
+        return self.rooms.get(room.name) is room
+
     def _expire(self, room: Room) -> None:
         room.grace = None
-        if len(room) or self.rooms.get(room.name) is not room:
+        if len(room) or not self._live(room):
             return
         del self.rooms[room.name]
         self.metrics.rooms.set(len(self.rooms))
         if room.timer is not None:
             room.timer.cancel()
-        task = asyncio.create_task(self._unsubscribe(room.name))
-        self._unsubscribing[room.name] = task
+        self._release(room.name)
 
-    async def _unsubscribe(self, name: str) -> None:
+    def _release(self, name: str) -> None:
+        """Unsubscribe ``name``; a room created meanwhile waits for this first."""
+        previous = self._unsubscribing.get(name)
+        self._unsubscribing[name] = asyncio.create_task(self._unsubscribe(name, previous))
+
+    async def _unsubscribe(self, name: str, previous: asyncio.Task[None] | None) -> None:
         try:
-            with contextlib.suppress(BrokerUnavailable):
-                await self.broker.unsubscribe(name)
+            if previous is not None:
+                await asyncio.shield(previous)
+            if name not in self.rooms:  # else a new room wants the subscription: keep it
+                with contextlib.suppress(BrokerUnavailable):
+                    await self.broker.unsubscribe(name)
         finally:
-            self._unsubscribing.pop(name, None)
+            if self._unsubscribing.get(name) is asyncio.current_task():
+                del self._unsubscribing[name]
 
     # -- loading ---------------------------------------------------------------
 
+    def _start_loader(self, room: Room) -> None:
+        """Make sure a task is loading ``room``; it retries until it succeeds."""
+        if room.loader is None or room.loader.done():
+            room.loader = self._spawn(self._load(room), f"load:{room.name}")
+
+    def _backoff(self, attempt: int) -> float:
+        """Capped exponential backoff, jittered so rooms and nodes spread out."""
+        cap = min(self.config.load_retry_max, self.config.load_retry_min * 2 ** min(attempt, 16))
+        return cap / 2 + random.uniform(0, cap / 2)
+
     async def _load(self, room: Room) -> None:
-        """Subscribe first, then read the snapshot: no update can fall between."""
+        """Subscribe first, then read the snapshot: no update can fall between.
+
+        Runs while the room is held (``room.held`` is not None).  A failed
+        read is retried with backoff, since nothing else would retry it (the
+        broker resyncs only after a lost connection).  While records show
+        epochs that no read explained, it reads again.
+        """
         pending = self._unsubscribing.get(room.name)
         if pending is not None:
             await asyncio.shield(pending)
+        failures = rounds = 0
+        while self._live(room):
+            if room.held is not None:
+                try:
+                    async with room.load_lock:
+                        if room.held is not None:  # else on_resync read it meanwhile
+                            if not room.subscribed and not await self._subscribe(room):
+                                return
+                            await self._adopt_snapshot(room)
+                except BrokerUnavailable as exc:
+                    self._load_failed(room, exc)
+                    await asyncio.sleep(self._backoff(failures))
+                    failures += 1
+                    continue
+                failures = 0
+            if not room.suspects:
+                return
+            # Records that arrived during the read carry an epoch it did not
+            # show: Redis may have started over again.  Read once more, at once
+            # the first time and then with backoff, so a publisher writing
+            # bogus epochs cannot keep the room reloading back to back.
+            await asyncio.sleep(self._backoff(rounds) if rounds else 0)
+            rounds += 1
+            if room.held is None:
+                room.held = Held()
+
+    async def _subscribe(self, room: Room) -> bool:
+        """Subscribe ``room``; False if it was dropped meanwhile.
+
+        A room that expired while its subscribe was in flight must not leave
+        the subscription behind: the unsubscribe may have gone out first.
+        """
         try:
-            async with room.load_lock:
-                room.held = []
+            if self._live(room):
                 await self.broker.subscribe(room.name)
-                await self._adopt_snapshot(room)
-        except BrokerUnavailable:
-            room.held = None  # on_resync loads every room once Redis is back
-            log.info("room.load_deferred", extra={"fields": {"room": room.name}})
+                room.subscribed = True
+        finally:
+            if not self._live(room):
+                self._release(room.name)
+        return self._live(room)
+
+    def _load_failed(self, room: Room, exc: Exception) -> None:
+        self.metrics.load_failures.inc()
+        log.warning("room.load_failed", extra={"fields": {"room": room.name, "error": str(exc)}})
 
     async def _adopt_snapshot(self, room: Room) -> None:
-        while True:
-            room.held = []
-            room.held_overflow = False
+        """Read the room and make it live; call with the room's load lock held."""
+        seen, room.suspects = room.suspects, set()
+        room.held = held = Held()  # what arrived before the read, the read covers
+        try:
             stored = await self.broker.load(room.name)
-            if not room.held_overflow:
-                break
+        except BrokerUnavailable:
+            room.suspects |= seen
+            raise
         records = []
         for payload in stored.records:
             record = self._decode(room.name, payload)
             if record is not None:
                 records.append(record)
-        room.state.replace(records, stored.epoch)
-        for record in room.held:
-            room.state.apply(record)
         room.held = None
-        room.state.pending.clear()  # the snapshot below carries all of it
+        unexplained, discarded = room.state.adopt(records, stored.epoch, held, seen)
+        self.metrics.updates_discarded.inc(discarded)
+        room.suspects |= unexplained
+        if held.mixed:
+            room.suspects.add(stored.epoch)  # a change of epoch during the read: read again
         room.loaded = True
         room.snapshots.clear()
         for client in list(room.all_clients()):
@@ -262,10 +343,24 @@ class Hub:
         self.metrics.updates_received.inc()
         self.metrics.publish_to_receive.observe(max(0, self._wall_ms() - record.ts) / 1000)
         if room.held is not None:
-            if len(room.held) >= self.config.load_buffer_limit:
-                room.held_overflow = True
-                room.held.clear()
-            room.held.append(record)
+            if not room.held.add(record):
+                self.metrics.updates_discarded.inc()
+            return
+        verdict = room.state.judge(record.ep)
+        if verdict is Epoch.PAST:
+            self.metrics.updates_discarded.inc()
+            return
+        if verdict is Epoch.UNKNOWN:
+            # Not an older version but possibly a new start (FLUSHALL, keys
+            # deleted, re-seeded): only the stored snapshot can tell, so read it
+            # and hold updates meanwhile.  The read covers this record too.
+            log.info("room.epoch_changed", extra={"fields": {
+                "room": room.name, "epoch": room.state.epoch, "record_epoch": record.ep}})
+            room.suspects.add(record.ep)  # type: ignore[arg-type]
+            if room.loader is None or room.loader.done():
+                room.held = Held()
+                self._start_loader(room)
+            # else a read is already due (the loader waits out its backoff)
             return
         superseded = record.sku in room.state.pending
         outcome = room.state.apply(record)
@@ -274,31 +369,35 @@ class Hub:
             return
         if superseded:
             self.metrics.updates_merged.inc()
-        if not room.loaded:
-            return
         now = self.now()
         due = room.pacer.on_change(now, urgent=outcome is Outcome.URGENT)
         if due is None:
             return
         if due <= now:
             self.flush(room)
-        elif room.timer is None:
+        else:
+            if room.timer is not None:
+                room.timer.cancel()
             room.timer = self._loop.call_later(due - now, self.flush, room)
 
     async def on_resync(self, rooms: Collection[str]) -> None:
         """Reload these rooms from the broker and push the corrected state.
 
-        Raises :class:`BrokerUnavailable` if a reload fails; the broker then
-        reconnects and calls again.
+        A room whose reload fails is left to its loader, which retries with
+        backoff; the other rooms are reloaded regardless.
         """
-        self.metrics.broker_ready.set(1)
+        self.metrics.broker_ready.set(1 if self.broker.ready else 0)
         for room in [r for name, r in self.rooms.items() if name in rooms]:
             try:
                 async with room.load_lock:
                     await self._adopt_snapshot(room)
-            except BrokerUnavailable:
-                room.held = None
-                raise
+            except BrokerUnavailable as exc:
+                self._load_failed(room, exc)
+                self._start_loader(room)
+                continue
+            if room.suspects and (room.loader is None or room.loader.done()):
+                room.held = Held()
+                self._start_loader(room)
 
     def on_disconnect(self) -> None:
         self.metrics.broker_ready.set(0)
@@ -386,8 +485,8 @@ class Hub:
             return
         self._sent["snapshot"].inc()
         self._bytes["snapshot"].inc(len(frame))
-        if client.audience == "host":
-            client.write(self._stats_frame(room))
+        if client.audience == "host" and not self._offer(client, self._stats_frame(room)):
+            self.metrics.lagging.set(len(self.lagging))
 
     # -- host stats ------------------------------------------------------------------
 
@@ -396,7 +495,11 @@ class Hub:
         return max(room.viewers_total, len(room.clients["viewer"]))
 
     async def report_viewers(self) -> None:
-        """Share this node's viewer counts through the broker and read the totals."""
+        """Share this node's viewer counts through the broker and read the totals.
+
+        A room whose report fails falls back to this node's own count; the
+        other rooms are still reported (on a cluster they may live elsewhere).
+        """
         ttl = max(1.0, 3 * self.config.stats_interval)
         for room in list(self.rooms.values()):
             if not len(room):
@@ -406,7 +509,6 @@ class Hub:
                     room.name, self.node_id, len(room.clients["viewer"]), ttl)
             except BrokerUnavailable:
                 room.viewers_total = 0
-                return
 
     def _stats_frame(self, room: Room) -> bytes:
         now_ms = self._wall_ms()
@@ -425,6 +527,7 @@ class Hub:
                 for client in hosts:
                     if client.lagging_since is None:
                         self._offer(client, frame)
+        self.metrics.lagging.set(len(self.lagging))
 
     async def _stats_forever(self) -> None:
         while True:

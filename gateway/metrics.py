@@ -101,6 +101,11 @@ class Metrics:
             "stockwire_redis_reconnects", "Times the Redis subscription was re-established",
             registry=r,
         )
+        self.load_failures = Counter(
+            "stockwire_snapshot_load_failures",
+            "Room snapshot loads (subscribe, then read) that failed and will be retried",
+            registry=r,
+        )
         self.broker_ready = Gauge(
             "stockwire_broker_ready", "1 while updates are flowing from the broker", registry=r,
             multiprocess_mode="livemin"

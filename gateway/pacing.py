@@ -3,7 +3,10 @@
 The rule: after a quiet spell an update goes out at once (leading edge); during
 a burst, updates wait for the end of the current interval and leave together
 (trailing edge), so a room sends at most one frame per interval.  Urgent
-transitions (sold out, back in stock, a safety-line crossing) go out at once.
+transitions (sold out, back in stock, a safety-line crossing) go out at once,
+but no sooner than ``urgent_interval`` after the previous frame: stock that
+flickers between 0 and 1 at a sell-out would otherwise turn every update into
+a frame of its own, exactly when the room is busiest.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import math
 
 
 class Pacer:
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, urgent_interval: float = 0.0) -> None:
         if interval < 0:
             raise ValueError("interval must be >= 0")
+        if urgent_interval < 0:
+            raise ValueError("urgent_interval must be >= 0")
         self.interval = interval
+        self.urgent_interval = urgent_interval
         self.last_flush = -math.inf
         self.deadline: float | None = None
 
@@ -23,15 +29,21 @@ class Pacer:
         """Record a pending change; return when to flush.
 
         Returns ``now`` when the caller should flush immediately, a later time
-        when a flush must be scheduled, or ``None`` when one is already
-        scheduled and will carry this change too.
+        when a flush must be scheduled (replacing any later one scheduled
+        before), or ``None`` when one is already scheduled no later than this
+        change needs and will carry it too.
         """
-        if urgent or now - self.last_flush >= self.interval:
+        if now - self.last_flush >= self.interval:
             return now
-        if self.deadline is None:
-            self.deadline = self.last_flush + self.interval
-            return self.deadline
-        return None
+        due = self.last_flush + self.interval
+        if urgent:
+            due = min(due, self.last_flush + self.urgent_interval)
+            if due <= now:
+                return now
+        if self.deadline is not None and self.deadline <= due:
+            return None
+        self.deadline = due
+        return due
 
     def flushed(self, now: float) -> None:
         self.last_flush = now

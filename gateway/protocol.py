@@ -17,9 +17,13 @@ import msgpack
 ROOM_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 SKU_PATTERN = r"[^\x00-\x1f{}]{1,64}"
 PLATFORM_PATTERN = r"[a-z0-9_-]{1,32}"
+#: A data epoch id: printable ASCII without spaces, so it is valid UTF-8 and
+#: survives every client's string type unchanged.
+EPOCH_PATTERN = r"[\x21-\x7e]{1,64}"
 _ROOM_RE = re.compile(ROOM_PATTERN)
 _SKU_RE = re.compile(SKU_PATTERN)
 _PLATFORM_RE = re.compile(PLATFORM_PATTERN)
+_EPOCH_RE = re.compile(EPOCH_PATTERN)
 
 #: Largest publisher message the gateway accepts; bigger ones are dropped.
 MAX_RECORD_BYTES = 8 * 1024
@@ -125,10 +129,13 @@ class StockRecord:
     reserve: int | None = None
     safety: float | None = None
     batches: list[dict[str, int]] | None = None
+    #: The room's data epoch when the record was written; lets a receiver tell
+    #: "older" from "Redis started over" without waiting for a reconnect.
+    ep: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sku": self.sku, "qty": self.qty, "ver": self.ver, "ts": self.ts}
-        for key in ("name", "initial", "platforms", "reserve", "safety", "batches"):
+        for key in ("name", "initial", "platforms", "reserve", "safety", "batches", "ep"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -188,6 +195,14 @@ def _safety(value: object) -> float | None:
     return float(value)  # type: ignore[arg-type]
 
 
+def _epoch(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or _EPOCH_RE.fullmatch(value) is None:
+        raise BadMessage("bad_field", "ep must be a string matching " + EPOCH_PATTERN)
+    return value
+
+
 def decode_record(payload: bytes, *, max_bytes: int = MAX_RECORD_BYTES) -> StockRecord:
     """Validate one publisher message.  Raises :class:`BadMessage`, never anything else."""
     if len(payload) > max_bytes:
@@ -198,12 +213,12 @@ def decode_record(payload: bytes, *, max_bytes: int = MAX_RECORD_BYTES) -> Stock
         raise BadMessage("undecodable", type(exc).__name__) from None
     if not isinstance(raw, dict):
         raise BadMessage("not_a_map")
-    sku = raw.get("sku")
-    if not isinstance(sku, str) or _SKU_RE.fullmatch(sku) is None:
-        raise BadMessage("bad_field", "sku must be a string matching " + SKU_PATTERN)
-    for field in ("qty", "ver", "ts"):
+    for field in ("sku", "qty", "ver", "ts"):
         if field not in raw:
             raise BadMessage("missing_field", field)
+    sku = raw["sku"]
+    if not isinstance(sku, str) or _SKU_RE.fullmatch(sku) is None:
+        raise BadMessage("bad_field", "sku must be a string matching " + SKU_PATTERN)
     name = raw.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
         raise BadMessage("bad_field", f"name must be a string of at most {MAX_NAME_CHARS}")
@@ -221,6 +236,7 @@ def decode_record(payload: bytes, *, max_bytes: int = MAX_RECORD_BYTES) -> Stock
         reserve=_optional_count(raw, "reserve"),
         safety=_safety(raw.get("safety")),
         batches=_batches(raw.get("batches")),
+        ep=_epoch(raw.get("ep")),
     )
 
 

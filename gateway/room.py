@@ -5,6 +5,7 @@ No I/O and no clock: the hub feeds records in and takes merged changes out.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from enum import Enum
 from typing import Any
@@ -18,6 +19,46 @@ class Outcome(Enum):
     STALE = "stale"  # older or equal version: discarded
     MERGED = "merged"  # newer version, same alert tier: may wait for the interval
     URGENT = "urgent"  # newer version that changes the tier (or a new SKU): flush now
+
+
+class Epoch(Enum):
+    """How a record's ``ep`` relates to the room's epoch."""
+
+    CURRENT = "current"  # the room's epoch, or no ``ep`` at all: the version rule decides
+    PAST = "past"  # an epoch a reload showed to be over: the record predates the data
+    UNKNOWN = "unknown"  # neither: Redis may have started over, so read the room again
+
+
+#: Past epochs remembered per room, so late records of an old epoch are
+#: recognised without another reload.
+PAST_EPOCHS = 8
+
+
+class Held:
+    """Records that arrive while a room's snapshot is read: the newest per SKU.
+
+    Within an epoch the higher version wins, so keeping one record per SKU is
+    exact: memory is bounded by the room's SKUs, not by the burst.  Across
+    epochs the later arrival wins (arrival order is publish order) and
+    ``mixed`` is set: the read may predate the change, so read again.
+    """
+
+    __slots__ = ("mixed", "records")
+
+    def __init__(self) -> None:
+        self.records: dict[str, StockRecord] = {}
+        self.mixed = False
+
+    def add(self, record: StockRecord) -> bool:
+        """Keep ``record``; False (and nothing kept) if it is not newer than the held one."""
+        kept = self.records.get(record.sku)
+        if kept is not None:
+            if record.ep is not None and kept.ep is not None and record.ep != kept.ep:
+                self.mixed = True
+            elif record.ver <= kept.ver:
+                return False
+        self.records[record.sku] = record
+        return True
 
 
 class RoomState:
@@ -37,6 +78,20 @@ class RoomState:
         self.sales: dict[str, SalesWindow] = {}
         self.seq = 0
         self.epoch: str | None = None
+        self.past_epochs: deque[str] = deque(maxlen=PAST_EPOCHS)
+
+    def judge(self, epoch: str | None) -> Epoch:
+        """Versions compare only within one epoch; this says whether they may."""
+        if epoch is None or epoch == self.epoch:
+            return Epoch.CURRENT
+        if epoch in self.past_epochs:
+            return Epoch.PAST
+        return Epoch.UNKNOWN
+
+    def retire(self, epoch: str) -> None:
+        """A reload read another epoch after ``epoch`` was seen: ``epoch`` is over."""
+        if epoch and epoch != self.epoch and epoch not in self.past_epochs:
+            self.past_epochs.append(epoch)
 
     def apply(self, record: StockRecord) -> Outcome:
         current = self.items.get(record.sku)
@@ -65,7 +120,11 @@ class RoomState:
         snapshot, not a gap.
         """
         previous = self.items if epoch == self.epoch else {}
-        self.epoch = epoch
+        old, self.epoch = self.epoch, epoch
+        if old is not None:
+            self.retire(old)
+        if epoch in self.past_epochs:
+            self.past_epochs.remove(epoch)
         self.items = {}
         for record in records:
             current = self.items.get(record.sku) or previous.get(record.sku)
@@ -77,6 +136,31 @@ class RoomState:
         self.sales = {sku: w for sku, w in self.sales.items() if sku in self.items}
         self.pending.clear()
         self.seq += 1
+
+    def adopt(self, records: Iterable[StockRecord], epoch: str, held: Held,
+              seen: Iterable[str] = ()) -> tuple[set[str], int]:
+        """Adopt a snapshot, then the records ``held`` while it was read.
+
+        ``seen`` are epochs on records that arrived before the read: one the
+        read does not show is over.  Held records of the snapshot's epoch
+        apply by the version rule, those of a past epoch are discarded.
+        Returns the epochs the read cannot explain (records published after
+        it, perhaps after Redis started over: read again) and the number of
+        held records discarded.
+        """
+        self.replace(records, epoch)
+        for old in seen:
+            self.retire(old)
+        unexplained: set[str] = set()
+        discarded = 0
+        for record in held.records.values():
+            verdict = self.judge(record.ep)
+            if verdict is Epoch.UNKNOWN:
+                unexplained.add(record.ep)  # type: ignore[arg-type]
+            elif verdict is Epoch.PAST or self.apply(record) is Outcome.STALE:
+                discarded += 1
+        self.pending.clear()  # a snapshot carries it all
+        return unexplained, discarded
 
     def take_pending(self) -> list[StockRecord]:
         """The merged changes for the next frame; advances the sequence if any."""
@@ -98,6 +182,7 @@ class RoomState:
         default_safety = self.thresholds.safety
         for r in records:
             item = r.to_wire()
+            item.pop("ep", None)  # the snapshot's epoch says it once per frame
             item["st"] = status(levels[r.sku])
             item["alert"] = levels[r.sku]
             if r.safety is None:

@@ -1,17 +1,19 @@
 -- stockwire: change one SKU's stock and publish its new state, atomically.
 --
 -- KEYS[1]  stockwire:{<room>}:stock    (hash: SKU -> msgpack record)
--- KEYS[2]  stockwire:{<room>}:updates  (sharded pub/sub channel: SPUBLISH)
+-- KEYS[2]  stockwire:{<room>}:updates  (sharded pub/sub channel: SPUBLISH, Redis >= 7.0)
 -- KEYS[3]  stockwire:{<room>}:epoch    (string: set once, when the room is first written)
 -- ARGV[1]  op: "set" | "adjust" | "release"
 -- ARGV[2]  SKU
--- ARGV[3]  amount (set: absolute quantity; adjust: delta; release: units from reserve)
+-- ARGV[3]  amount, a decimal integer (set: absolute quantity; adjust: delta; release: units from reserve)
 -- ARGV[4]  msgpack map of optional fields (name, initial, platforms, reserve, safety, batches), or ""
--- ARGV[5]  explicit version, or "" for stored version + 1
+-- ARGV[5]  explicit version as a decimal integer, or "" for stored version + 1
 -- ARGV[6]  platform for adjust, or ""
 --
 -- Returns {status, qty, ver, detail}; status is ok | insufficient | unknown | stale | invalid.
--- Anything but ok changes nothing and publishes nothing.
+-- Anything but ok changes nothing and publishes nothing.  Whatever it accepts,
+-- the gateway's decoder accepts too: a record screens would drop is refused here,
+-- so a SKU can never vanish from screens while orders on it keep succeeding.
 -- Mirrors gateway/stock.py:apply_op; the broker contract tests hold the two together.
 
 local MAX_INT = 9007199254740991
@@ -32,16 +34,53 @@ end
 local function is_count(v)
   return type(v) == 'number' and v >= 0 and v <= MAX_INT and v == math.floor(v)
 end
+-- Strict UTF-8, as the gateway decodes it: no overlong forms, no surrogates,
+-- nothing above U+10FFFF.  Redis's Lua has no utf8 library.
+local function utf8_ok(s)
+  if not string.find(s, '[\128-\255]') then return true end
+  local i, n = 1, #s
+  while i <= n do
+    local c = string.byte(s, i)
+    local len, lo, hi = 1, 0x80, 0xBF
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then
+      len = 3
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      len = 4
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    else
+      return false
+    end
+    if len > 1 then
+      if i + len - 1 > n then return false end
+      local c2 = string.byte(s, i + 1)
+      if c2 < lo or c2 > hi then return false end
+      for j = i + 2, i + len - 1 do
+        local cj = string.byte(s, j)
+        if cj < 0x80 or cj > 0xBF then return false end
+      end
+    end
+    i = i + len
+  end
+  return true
+end
+-- A decimal integer and nothing else: tonumber alone also takes "1e3", "0x10" and " 5".
+local function integer(s)
+  if not string.find(s, '^%-?%d+$') then return nil end
+  return tonumber(s)
+end
 
-if chars(sku) < 1 or chars(sku) > 64 or string.find(sku, '[%z\1-\31{}]') then
-  return refuse('invalid', 'sku must match [^\\x00-\\x1f{}]{1,64}')
+if not utf8_ok(sku) or chars(sku) < 1 or chars(sku) > 64 or string.find(sku, '[%z\1-\31{}]') then
+  return refuse('invalid', 'sku must be UTF-8 matching [^\\x00-\\x1f{}]{1,64}')
 end
 local platform = ARGV[6]
 if platform ~= '' and (#platform > 32 or not string.find(platform, '^[a-z0-9_-]+$')) then
   return refuse('invalid', 'platform must match [a-z0-9_-]{1,32}')
 end
-local amount = tonumber(ARGV[3])
-if amount == nil or amount ~= math.floor(amount) or math.abs(amount) > MAX_INT then
+local amount = integer(ARGV[3])
+if amount == nil or math.abs(amount) > MAX_INT then
   return refuse('invalid', 'amount must be an integer')
 end
 
@@ -55,11 +94,11 @@ for k, v in pairs(extras) do
   if k == 'initial' or k == 'reserve' then
     if not is_count(v) then return refuse('invalid', k .. ' must be a non-negative integer') end
   elseif k == 'name' then
-    if type(v) ~= 'string' or chars(v) > 200 then
-      return refuse('invalid', 'name must be a string of at most 200 characters')
+    if type(v) ~= 'string' or not utf8_ok(v) or chars(v) > 200 then
+      return refuse('invalid', 'name must be UTF-8 text of at most 200 characters')
     end
   elseif k == 'safety' then
-    if type(v) ~= 'number' or v < 0 or v >= 1 then return refuse('invalid', 'safety must be a number in [0, 1)') end
+    if type(v) ~= 'number' or v ~= v or v < 0 or v >= 1 then return refuse('invalid', 'safety must be a number in [0, 1)') end
   elseif k == 'batches' then
     if type(v) ~= 'table' or #v > 32 then return refuse('invalid', 'batches must be a list of at most 32 entries') end
     local n = 0
@@ -119,8 +158,8 @@ end
 for k, v in pairs(extras) do rec[k] = v end
 
 if ARGV[5] ~= '' then
-  local v = tonumber(ARGV[5])
-  if v == nil or v ~= math.floor(v) or v > MAX_INT then return refuse('invalid', 'version must be an integer') end
+  local v = integer(ARGV[5])
+  if v == nil or v > MAX_INT then return refuse('invalid', 'version must be an integer') end
   if v <= ver then return refuse('stale', 'version ' .. ARGV[5] .. ' <= stored ' .. ver) end
   rec.ver = v
 else
@@ -136,9 +175,16 @@ end
 local t = redis.call('TIME')
 rec.ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('SET', KEYS[3], t[1] .. string.format('%06d', tonumber(t[2])))
+-- Every record carries the epoch it was written in, so a gateway that stayed
+-- connected through a FLUSHALL still notices that versions started over.
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('SET', KEYS[3], epoch)
+elseif #epoch > 64 or not string.find(epoch, '^[\33-\126]+$') then
+  return refuse('invalid', 'the epoch key must hold 1-64 printable ASCII characters')
 end
+rec.ep = epoch
 local packed = cmsgpack.pack(rec)
 redis.call('HSET', KEYS[1], sku, packed)
 redis.call('SPUBLISH', KEYS[2], packed)

@@ -58,6 +58,20 @@ class OpResult:
         return self.status is Status.OK
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 form (a lone surrogate has none), as stock.lua requires."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _integer(value: object) -> bool:
+    # bool is an int subclass; stock.lua takes decimal digits only, never "1e3" or " 5".
+    return type(value) is int
+
+
 def _validate_extras(fields: dict[str, Any]) -> str:
     """Return a problem description, or '' when the extras are acceptable."""
     for key, value in fields.items():
@@ -65,8 +79,8 @@ def _validate_extras(fields: dict[str, Any]) -> str:
             return f"unknown field {key}"
         if key in ("initial", "reserve") and (type(value) is not int or not 0 <= value <= MAX_INT):
             return f"{key} must be a non-negative integer"
-        if key == "name" and (not isinstance(value, str) or len(value) > 200):
-            return "name must be a string of at most 200 characters"
+        if key == "name" and (not isinstance(value, str) or not _utf8(value) or len(value) > 200):
+            return "name must be UTF-8 text of at most 200 characters"
         if key == "safety" and (type(value) not in (int, float) or not 0 <= value < 1):
             return "safety must be a number in [0, 1)"
         if key == "batches":
@@ -89,20 +103,24 @@ def _validate_extras(fields: dict[str, Any]) -> str:
 
 
 def apply_op(
-    current: StockRecord | None, op: StockOp, now_ms: int
+    current: StockRecord | None, op: StockOp, now_ms: int, epoch: str | None = None
 ) -> tuple[OpResult, StockRecord | None]:
-    """Apply ``op`` to ``current``; return the result and the new record (None if unchanged)."""
+    """Apply ``op`` to ``current``; return the result and the new record (None if unchanged).
+
+    ``epoch`` is the room's data epoch, stamped on the new record as ``ep``
+    (stock.lua does the same from the epoch key).
+    """
     qty = current.qty if current else 0
     ver = current.ver if current else 0
 
     def refuse(status: Status, detail: str = "") -> tuple[OpResult, None]:
         return OpResult(status, qty, ver, detail), None
 
-    if not isinstance(op.sku, str) or not re.fullmatch(SKU_PATTERN, op.sku):
-        return refuse(Status.INVALID, "sku must match " + SKU_PATTERN)
+    if not isinstance(op.sku, str) or not _utf8(op.sku) or not re.fullmatch(SKU_PATTERN, op.sku):
+        return refuse(Status.INVALID, "sku must be UTF-8 matching " + SKU_PATTERN)
     if op.platform is not None and not re.fullmatch(PLATFORM_PATTERN, op.platform):
         return refuse(Status.INVALID, "platform must match " + PLATFORM_PATTERN)
-    if type(op.amount) is not int or abs(op.amount) > MAX_INT:
+    if not _integer(op.amount) or abs(op.amount) > MAX_INT:
         return refuse(Status.INVALID, "amount must be an integer")
     problem = _validate_extras(op.fields)
     if problem:
@@ -135,7 +153,7 @@ def apply_op(
         wire["qty"] = qty + op.amount
     wire.update(op.fields)
     if op.version is not None:
-        if type(op.version) is not int or op.version > MAX_INT:
+        if not _integer(op.version) or op.version > MAX_INT:
             return refuse(Status.INVALID, "version must be an integer")
         if op.version <= ver:
             return refuse(Status.STALE, f"version {op.version} <= stored {ver}")
@@ -143,6 +161,9 @@ def apply_op(
     else:
         wire["ver"] = ver + 1
     wire["ts"] = now_ms
+    wire.pop("ep", None)
+    if epoch is not None:
+        wire["ep"] = epoch
     too_big = [k for k in ("qty", "ver") if wire[k] > MAX_INT]
     too_big += [f"platforms.{n}" for n, q in (wire.get("platforms") or {}).items() if q > MAX_INT]
     if too_big:

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.protocol import (
+    EPOCH_PATTERN,
     MAX_CLIENT_FRAME,
     MAX_INT,
     MAX_NAME_CHARS,
@@ -24,7 +25,7 @@ from gateway.protocol import (
     decode_client_frame,
     decode_record,
 )
-from gateway.room import RoomState
+from gateway.room import Held, RoomState
 
 FUZZ = settings(
     max_examples=300,
@@ -72,6 +73,8 @@ platform_maps = (
     | values
 )
 safeties = st.floats(-0.5, 1.5) | st.sampled_from([0, 1, 0.0, 1.0, True, float("nan")]) | values
+valid_epochs = st.from_regex(EPOCH_PATTERN, fullmatch=True)
+epochs = st.text(max_size=70) | valid_epochs | values
 
 OPTIONAL = {
     "name": names,
@@ -79,6 +82,7 @@ OPTIONAL = {
     "platforms": platform_maps,
     "reserve": near_counts,
     "safety": safeties,
+    "ep": epochs,
 }
 record_like = st.fixed_dictionaries(
     {"sku": skus, "qty": near_counts, "ver": near_counts, "ts": near_counts}, optional=OPTIONAL
@@ -97,6 +101,7 @@ valid_records = st.fixed_dictionaries(
                                      max_size=MAX_PLATFORMS) | st.just([]),
         "reserve": counts,
         "safety": st.floats(0.0, 1.0, exclude_max=True),
+        "ep": valid_epochs,
     },
 )
 
@@ -136,6 +141,7 @@ def check_record(record: StockRecord) -> None:
     if record.safety is not None:
         assert type(record.safety) is float
         assert 0.0 <= record.safety < 1.0
+    assert record.ep is None or re.fullmatch(EPOCH_PATTERN, record.ep)
 
 
 def check_against_source(record: StockRecord, raw: dict[str, Any]) -> None:
@@ -148,6 +154,7 @@ def check_against_source(record: StockRecord, raw: dict[str, Any]) -> None:
     assert record.platforms == ({} if platforms == [] else platforms)
     safety = raw.get("safety")
     assert record.safety == (None if safety is None else float(safety))
+    assert record.ep == raw.get("ep")
 
 
 def decode_or_reason(payload: bytes) -> StockRecord | None:
@@ -290,3 +297,29 @@ def test_room_keeps_max_version_and_never_sends_backwards(steps: list[tuple[str,
         assert previous is None or change.ver > previous.ver
         last_taken[change.sku] = change
     assert last_taken == first_with_max
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(["A", "B", "C"]), st.integers(1, 25), st.integers(0, 120)),
+                max_size=60),
+       st.lists(st.tuples(st.sampled_from(["A", "B", "D"]), st.integers(1, 25)), max_size=4))
+def test_holding_the_newest_record_per_sku_is_exact(
+    steps: list[tuple[str, int, int]], snapshot: list[tuple[str, int]]
+) -> None:
+    """What a load holds (one record per SKU) ends where applying every record would."""
+    stored = [StockRecord(sku=sku, qty=1, ver=ver, ts=0, ep="e1") for sku, ver in snapshot]
+    arrivals = [StockRecord(sku=sku, qty=qty, ver=ver, ts=ver, ep="e1") for sku, ver, qty in steps]
+    everything = RoomState("all")
+    everything.replace(stored, "e1")
+    for record in arrivals:
+        everything.apply(record)
+    held = Held()
+    for record in arrivals:
+        held.add(record)
+    assert len(held.records) <= 3
+    assert not held.mixed
+    state = RoomState("held")
+    unexplained, _ = state.adopt(stored, "e1", held)
+    assert unexplained == set()
+    assert state.items == everything.items
+    assert state.pending == {}

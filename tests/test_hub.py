@@ -9,6 +9,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from gateway.brokers.base import BrokerUnavailable
 from gateway.brokers.memory import MemoryBroker
 from gateway.hub import Hub, HubConfig
 from gateway.protocol import Audience, CloseCode, StockRecord, Stored, encode_record
@@ -23,9 +24,6 @@ class FakeClient:
         self.wire: list[bytes] = []
         self.backlog = 0
         self.closed: tuple[int, str] | None = None
-
-    def write(self, frame: bytes) -> None:
-        self.wire.append(frame)
 
     def offer(self, frame: bytes, limit: int) -> bool:
         if self.backlog > limit:
@@ -133,6 +131,7 @@ async def test_quiet_update_goes_out_at_once_burst_is_merged(hub: Hub, clock: Cl
     a, b = FakeClient("r"), FakeClient("r")
     await joined(hub, a, b)
     hub.on_message("r", rec("x", 100, 1, initial=100))  # new SKU: urgent
+    clock.now += 0.05  # past the urgent gap
     hub.on_message("r", rec("y", 50, 1))  # new SKU: urgent
     clock.now += 1
     hub.on_message("r", rec("x", 99, 2, initial=100))  # after a quiet spell: at once
@@ -160,10 +159,10 @@ async def test_sell_out_skips_the_interval(hub: Hub, clock: Clock) -> None:
     hub.on_message("r", rec("x", 10, 1, initial=100))
     clock.now += 0.01
     hub.on_message("r", rec("x", 9, 2, initial=100))  # same tier inside the interval: waits
-    clock.now += 0.01
+    clock.now += 0.02
     hub.on_message("r", rec("x", 0, 3, initial=100))  # sold out: at once, carrying both
     assert a.frames[-1]["items"] == [{"sku": "x", "qty": 0, "st": "out", "ver": 3, "ts": 1}]
-    clock.now += 0.01
+    clock.now += 0.03
     hub.on_message("r", rec("x", 30, 4, initial=100))  # back in stock: at once
     assert a.frames[-1]["items"][0]["st"] == "ok"
 
@@ -316,3 +315,313 @@ async def test_a_reload_in_the_same_epoch_never_goes_back(hub: Hub) -> None:
     assert snap["t"] == "snapshot"
     assert snap["epoch"] == hub.rooms["r"].state.epoch != ""
     assert [(i["qty"], i["ver"]) for i in snap["items"]] == [(4, 9)]
+
+
+# -- urgent spacing ------------------------------------------------------------------
+
+
+async def test_urgent_changes_right_after_a_flush_wait_for_the_urgent_gap(hub: Hub, clock: Clock) -> None:
+    a = FakeClient("r")
+    await joined(hub, a)
+    hub.on_message("r", rec("x", 1, 1, initial=100))  # new SKU: at once
+    assert len(a.frames) == 2
+    for ver in range(2, 40):  # flickers between sold out and 1 left, within a millisecond
+        hub.on_message("r", rec("x", ver % 2, ver, initial=100))
+    assert len(a.frames) == 2  # held for the urgent gap (20 ms), not one frame each
+    room = hub.rooms["r"]
+    assert room.timer is not None
+    for _ in range(100):
+        if len(a.frames) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert [(i["qty"], i["ver"]) for i in a.frames[-1]["items"]] == [(1, 39)]
+    assert len(a.frames) == 3
+
+
+async def test_an_urgent_change_reschedules_a_later_trailing_flush(clock: Clock) -> None:
+    hub = Hub(MemoryBroker(), HubConfig(interval=30.0, urgent_interval=0.01, sweep_interval=3600),
+              clock=clock)
+    await hub.start()
+    try:
+        a = FakeClient("r")
+        await joined(hub, a)
+        hub.on_message("r", rec("x", 50, 1, initial=100))  # at once
+        hub.on_message("r", rec("x", 49, 2, initial=100))  # same tier: waits up to 30 s
+        room = hub.rooms["r"]
+        assert room.timer is not None
+        assert room.pacer.deadline == clock.now + 30.0
+        hub.on_message("r", rec("x", 0, 3, initial=100))  # sold out: 10 ms, not 30 s
+        assert room.pacer.deadline == clock.now + 0.01
+        for _ in range(200):
+            if a.frames[-1]["items"][0]["ver"] == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert a.frames[-1]["items"] == [{"sku": "x", "qty": 0, "st": "out", "ver": 3, "ts": 1}]
+    finally:
+        await hub.stop()
+
+
+# -- loading: retries, epochs, races -------------------------------------------------
+
+
+class FlakyBroker(CountingBroker):
+    """Fails the first ``failures`` loads, as a transient WRONGTYPE or timeout would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def load(self, room: str) -> Stored:
+        if self.failures > 0:
+            self.failures -= 1
+            self.loads += 1
+            raise BrokerUnavailable("WRONGTYPE Operation against a key holding the wrong kind of value")
+        return await super().load(room)
+
+
+def fast_retries(**overrides: Any) -> HubConfig:
+    options: dict[str, Any] = {"interval": 0.1, "send_buffer_limit": 1000, "room_grace": 0.05,
+                               "sweep_interval": 3600, "load_retry_min": 0.001, "load_retry_max": 0.01}
+    options.update(overrides)
+    return HubConfig(**options)
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_failed_first_load_is_retried_until_it_succeeds(clock: Clock) -> None:
+    broker = FlakyBroker(failures=3)
+    await broker.execute("r", StockOp(OpKind.SET, "x", 5))
+    hub = Hub(broker, fast_retries(), clock=clock)
+    await hub.start()
+    try:
+        a = FakeClient("r")
+        hub.join(a)
+        await wait_for(lambda: a.frames)
+        assert a.frames[0]["t"] == "snapshot"
+        assert [(i["sku"], i["qty"]) for i in a.frames[0]["items"]] == [("x", 5)]
+        assert broker.loads == 4
+        assert hub.metrics.load_failures._value.get() == 3
+    finally:
+        await hub.stop()
+
+
+async def test_a_failed_resync_is_retried_and_other_rooms_still_reload(clock: Clock) -> None:
+    broker = FlakyBroker(failures=0)
+    hub = Hub(broker, fast_retries(), clock=clock)
+    await hub.start()
+    try:
+        a, b = FakeClient("a"), FakeClient("b")
+        await joined(hub, a)
+        await joined(hub, b)
+        await broker.execute("a", StockOp(OpKind.SET, "x", 1))
+        await broker.execute("b", StockOp(OpKind.SET, "y", 2))
+        await asyncio.sleep(0)
+        broker.failures = 1  # the first room's reload fails
+        await hub.on_resync({"a", "b"})
+        assert hub.metrics.load_failures._value.get() == 1
+        assert b.frames[-1]["t"] == "snapshot"  # not skipped because "a" failed
+        await wait_for(lambda: hub.rooms["a"].held is None)
+        assert a.frames[-1]["t"] == "snapshot"
+        assert [i["qty"] for i in a.frames[-1]["items"]] == [1]
+    finally:
+        await hub.stop()
+
+
+async def test_broker_ready_gauge_follows_the_broker(hub: Hub) -> None:
+    broker = hub.broker
+    assert isinstance(broker, CountingBroker)
+    assert hub.metrics.broker_ready._value.get() == 1
+    hub.on_disconnect()
+    assert hub.metrics.broker_ready._value.get() == 0
+    broker._handler = None  # not ready: a resync must not claim it is
+    await hub.on_resync(set())
+    assert hub.metrics.broker_ready._value.get() == 0
+    broker._handler = hub
+    await hub.on_resync(set())
+    assert hub.metrics.broker_ready._value.get() == 1
+
+
+async def test_a_flush_without_a_disconnect_is_noticed_from_the_records_epoch(hub: Hub) -> None:
+    broker = hub.broker
+    assert isinstance(broker, CountingBroker)
+    viewer, host = FakeClient("r"), FakeClient("r", "host")
+    await broker.execute("r", StockOp(OpKind.SET, "x", 100))
+    await joined(hub, viewer, host)
+    old_epoch = hub.rooms["r"].state.epoch
+    for _ in range(5):
+        await broker.execute("r", StockOp(OpKind.ADJUST, "x", -1))
+    await wait_for(lambda: viewer.frames[-1]["items"][0]["ver"] == 6)  # merged, after the interval
+    loads = broker.loads
+    broker.wipe()  # FLUSHALL: the connection (and subscription) stays
+    await broker.execute("r", StockOp(OpKind.SET, "x", 42))  # re-seeded at version 1
+    await broker.execute("r", StockOp(OpKind.SET, "y", 7))
+    await wait_for(lambda: viewer.frames[-1]["t"] == "snapshot" and len(viewer.frames[-1]["items"]) == 2)
+    for client in (viewer, host):
+        snap = client.frames[-1]
+        assert snap["epoch"] == (await broker.load("r")).epoch != old_epoch
+        assert {i["sku"]: (i["qty"], i["ver"]) for i in snap["items"]} == {"x": (42, 1), "y": (7, 1)}
+    assert broker.loads > loads
+    await broker.execute("r", StockOp(OpKind.ADJUST, "x", -2))
+    await wait_for(lambda: viewer.frames[-1]["t"] == "update")
+    assert viewer.frames[-1]["items"][0]["qty"] == 40
+    late = FakeClient("r")
+    hub.join(late)
+    assert {i["sku"]: i["qty"] for i in late.frames[0]["items"]} == {"x": 40, "y": 7}
+
+
+async def test_records_of_a_past_epoch_are_discarded_without_reloading(hub: Hub) -> None:
+    broker = hub.broker
+    assert isinstance(broker, CountingBroker)
+    a = FakeClient("r")
+    await broker.execute("r", StockOp(OpKind.SET, "x", 100))
+    await joined(hub, a)
+    old_epoch = hub.rooms["r"].state.epoch
+    broker.wipe()
+    await broker.execute("r", StockOp(OpKind.SET, "x", 3))
+    await wait_for(lambda: hub.rooms["r"].state.epoch != old_epoch and hub.rooms["r"].held is None)
+    loads, frames = broker.loads, len(a.frames)
+    hub.on_message("r", rec("x", 99, 50, ep=old_epoch))  # delivered late, from before the flush
+    assert hub.rooms["r"].held is None
+    assert broker.loads == loads
+    assert len(a.frames) == frames
+    assert hub.rooms["r"].state.items["x"].qty == 3
+
+
+async def test_a_room_loaded_before_its_first_write_learns_the_epoch(hub: Hub) -> None:
+    broker = hub.broker
+    assert isinstance(broker, CountingBroker)
+    a = FakeClient("fresh")
+    await joined(hub, a)
+    assert a.frames[0]["epoch"] == ""
+    await broker.execute("fresh", StockOp(OpKind.SET, "x", 9))
+    epoch = (await broker.load("fresh")).epoch
+    await wait_for(lambda: hub.rooms["fresh"].state.epoch == epoch and hub.rooms["fresh"].held is None)
+    snap = a.frames[-1]
+    assert snap["t"] == "snapshot"
+    assert snap["epoch"] == epoch
+    assert [(i["sku"], i["qty"]) for i in snap["items"]] == [("x", 9)]
+    late = FakeClient("fresh")
+    hub.join(late)
+    assert late.frames[0]["epoch"] == epoch
+
+
+async def test_an_epoch_change_during_the_read_reads_again(hub: Hub) -> None:
+    broker = hub.broker
+    assert isinstance(broker, CountingBroker)
+    await broker.execute("r", StockOp(OpKind.SET, "x", 100))
+    original = broker.load
+    calls = 0
+
+    async def flushed_while_reading(room: str) -> Stored:
+        nonlocal calls
+        calls += 1
+        snapshot = await original(room)
+        if calls == 1:  # Redis starts over right after answering
+            broker.wipe()
+            await broker.execute(room, StockOp(OpKind.SET, "x", 5))
+            await asyncio.sleep(0)  # its record arrives while this read is in hand
+        return snapshot
+
+    broker.load = flushed_while_reading  # type: ignore[method-assign]
+    a = FakeClient("r")
+    hub.join(a)
+    await wait_for(lambda: calls == 2 and hub.rooms["r"].held is None)
+    assert a.frames[-1]["t"] == "snapshot"
+    assert [(i["qty"], i["ver"]) for i in a.frames[-1]["items"]] == [(5, 1)]
+    assert a.frames[-1]["epoch"] == hub.rooms["r"].state.epoch == (await original("r")).epoch
+
+
+class GatedBroker(CountingBroker):
+    """Subscribes only when the test opens the gate: a slow SSUBSCRIBE confirmation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gated = 1  # how many subscribes wait for the gate
+
+    async def subscribe(self, room: str) -> None:
+        if self.gated:
+            self.gated -= 1
+            await self.gate.wait()
+        await super().subscribe(room)
+
+
+async def test_a_room_dropped_while_subscribing_leaves_no_subscription(clock: Clock) -> None:
+    broker = GatedBroker()
+    hub = Hub(broker, fast_retries(room_grace=0.01), clock=clock)
+    await hub.start()
+    try:
+        a = FakeClient("r")
+        hub.join(a)
+        hub.leave(a)
+        await wait_for(lambda: "r" not in hub.rooms)  # grace expired while subscribing
+        assert broker.unsubscribed == ["r"]  # went out before the subscribe landed
+        broker.gate.set()
+        await wait_for(lambda: len(broker.unsubscribed) == 2)
+        assert "r" not in broker._subscribed
+        assert not hub._unsubscribing
+    finally:
+        await hub.stop()
+
+
+async def test_a_room_rejoined_while_the_old_one_subscribes_stays_subscribed(clock: Clock) -> None:
+    broker = GatedBroker()
+    hub = Hub(broker, fast_retries(room_grace=0.01), clock=clock)
+    await hub.start()
+    try:
+        a = FakeClient("r")
+        hub.join(a)
+        hub.leave(a)
+        await wait_for(lambda: "r" not in hub.rooms)
+        b = FakeClient("r")
+        hub.join(b)  # a new room of the same name, loading on its own
+        await wait_for(lambda: b.frames)
+        broker.gate.set()  # the old room's subscribe lands only now
+        await asyncio.sleep(0.05)
+        assert "r" in broker._subscribed
+        await broker.execute("r", StockOp(OpKind.SET, "x", 1))
+        await wait_for(lambda: [i["sku"] for i in b.frames[-1]["items"]] == ["x"])
+    finally:
+        await hub.stop()
+
+
+# -- writes and viewer counts ---------------------------------------------------------
+
+
+async def test_host_stats_go_through_the_send_buffer_bound(hub: Hub) -> None:
+    host = FakeClient("r", "host")
+    host.backlog = 5000  # over the bound from the start
+    await joined(hub, host)
+    assert host.wire == []  # neither the snapshot nor the stats frame that follows it
+    assert hub.lagging == {host}
+    host.backlog = 0
+    hub.sweep()
+    assert [f["t"] for f in host.decoded()] == ["snapshot", "stats"]
+
+
+class PartlyDownBroker(CountingBroker):
+    async def report_viewers(self, room: str, node: str, count: int, ttl: float) -> int:
+        if room == "down":
+            raise BrokerUnavailable("slot owner unreachable")
+        return count + 100  # viewers on other nodes
+
+
+async def test_viewer_reports_continue_after_a_failed_room(clock: Clock) -> None:
+    hub = Hub(PartlyDownBroker(), fast_retries(), clock=clock)
+    await hub.start()
+    try:
+        for name in ("down", "up"):
+            await joined(hub, FakeClient(name))
+        hub.rooms["down"].viewers_total = 55
+        await hub.report_viewers()
+        assert hub.rooms["up"].viewers_total == 101
+        assert hub.rooms["down"].viewers_total == 0
+        assert hub.viewers(hub.rooms["down"]) == 1  # this node's own, until a report lands
+    finally:
+        await hub.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -115,3 +116,88 @@ def test_at_most_one_frame_per_interval_during_a_steady_burst() -> None:
         else:
             pending_deadline = due
     assert flushes == [i * 0.25 for i in range(21)]
+
+
+# -- urgent changes are spaced by urgent_interval ------------------------------------
+
+
+def test_urgent_right_after_a_flush_waits_for_the_urgent_gap() -> None:
+    pacer = Pacer(1.0, urgent_interval=0.125)
+    pacer.flushed(10.0)
+    assert pacer.on_change(10.0625, urgent=True) == 10.125
+    assert pacer.deadline == 10.125
+    assert pacer.on_change(10.09375, urgent=True) is None  # the scheduled flush carries it
+    assert pacer.on_change(10.1, urgent=False) is None
+
+
+def test_urgent_after_the_gap_flushes_now() -> None:
+    pacer = Pacer(1.0, urgent_interval=0.125)
+    pacer.flushed(10.0)
+    assert pacer.on_change(10.125, urgent=True) == 10.125
+    assert pacer.on_change(10.5, urgent=True) == 10.5
+
+
+def test_urgent_moves_a_scheduled_deadline_earlier() -> None:
+    pacer = Pacer(1.0, urgent_interval=0.125)
+    pacer.flushed(10.0)
+    assert pacer.on_change(10.03125) == 11.0
+    assert pacer.on_change(10.0625, urgent=True) == 10.125  # reschedule: earlier than 11.0
+    assert pacer.deadline == 10.125
+    assert pacer.on_change(10.078125) is None
+
+
+def test_urgent_is_never_later_than_the_normal_deadline() -> None:
+    pacer = Pacer(0.25, urgent_interval=1.0)
+    pacer.flushed(10.0)
+    assert pacer.on_change(10.125, urgent=True) == 10.25
+    assert pacer.on_change(10.1875, urgent=True) is None
+
+
+def test_quiet_spell_still_flushes_urgent_at_once() -> None:
+    pacer = Pacer(0.1, urgent_interval=0.02)
+    assert pacer.on_change(5.0, urgent=True) == 5.0  # first change ever
+    pacer.flushed(5.0)
+    assert pacer.on_change(7.0, urgent=True) == 7.0
+
+
+def test_negative_urgent_interval_is_rejected() -> None:
+    with pytest.raises(ValueError, match="urgent_interval"):
+        Pacer(0.1, urgent_interval=-0.01)
+
+
+def simulate(pacer: Pacer, changes: list[tuple[float, bool]]) -> list[float]:
+    """Drive ``pacer`` the way the hub does (a timer per returned deadline); flush times."""
+    flushes: list[float] = []
+    timer: float | None = None
+    for now, urgent in changes:
+        if timer is not None and now >= timer:
+            flushes.append(timer)
+            pacer.flushed(timer)
+            timer = None
+        due = pacer.on_change(now, urgent=urgent)
+        if due is None:
+            continue
+        if due <= now:
+            flushes.append(now)
+            pacer.flushed(now)
+            timer = None
+        else:
+            timer = due
+    if timer is not None:
+        flushes.append(timer)
+    return flushes
+
+
+def test_a_flickering_sell_out_is_capped_at_one_frame_per_urgent_gap() -> None:
+    # Stock flips 0 <-> 1 every 10 microseconds for 10 ms: 1,000 urgent changes.
+    changes = [(1.0 + i / 100_000, True) for i in range(1000)]
+    flushes = simulate(Pacer(0.1, urgent_interval=0.02), changes)
+    assert flushes[0] == 1.0  # the sell-out itself goes out at once
+    assert len(flushes) == 2  # and the last state 20 ms later, not 1,000 frames
+    assert flushes[1] == 1.0 + 0.02
+    assert all(b - a >= 0.02 - 1e-9 for a, b in itertools.pairwise(flushes))
+
+
+def test_without_an_urgent_interval_every_urgent_change_is_a_frame() -> None:
+    changes = [(1.0 + i / 100_000, True) for i in range(100)]
+    assert len(simulate(Pacer(0.1), changes)) == 100

@@ -108,7 +108,7 @@ def test_empty_platforms_map_decodes_to_empty_map() -> None:
 
 
 def test_nil_optional_fields_are_absent() -> None:
-    raw = raw_record(name=None, initial=None, platforms=None, reserve=None, safety=None)
+    raw = raw_record(name=None, initial=None, platforms=None, reserve=None, safety=None, ep=None)
     assert decode_record(pack(raw)) == StockRecord(sku="SKU-1", qty=10, ver=1, ts=TS)
 
 
@@ -120,6 +120,24 @@ def test_integer_safety_becomes_float() -> None:
 
 def test_unknown_fields_are_ignored() -> None:
     assert decode_record(pack(raw_record(colour="red"))) == StockRecord("SKU-1", 10, 1, TS)
+
+
+@pytest.mark.parametrize("ep", ["1733220000123456", "a", "!" * 64, "e-2024/12:x~"])
+def test_epoch_is_kept(ep: str) -> None:
+    record = decode_record(pack(raw_record(ep=ep)))
+    assert record.ep == ep
+    assert decode_record(encode_record(record)) == record
+    assert record.to_wire()["ep"] == ep
+
+
+@pytest.mark.parametrize(
+    "ep", ["", "x" * 65, "has space", "é", "tab\t", 17, b"raw", ["e"]], ids=repr
+)
+def test_bad_epoch_is_bad_field(ep: object) -> None:
+    with pytest.raises(BadMessage) as info:
+        decode_record(pack(raw_record(ep=ep)))
+    assert info.value.reason == "bad_field"
+    assert "ep" in info.value.detail
 
 
 @pytest.mark.parametrize(
@@ -189,7 +207,6 @@ def test_non_map_is_rejected(value: object) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        pytest.param(without("sku"), id="missing"),
         pytest.param(raw_record(sku=None), id="nil"),
         pytest.param(raw_record(sku=12), id="int"),
         pytest.param(raw_record(sku=b"SKU-1"), id="bytes"),
@@ -206,7 +223,7 @@ def test_bad_sku(raw: dict[str, Any]) -> None:
     assert record_reason(pack(raw)) == "bad_field"
 
 
-@pytest.mark.parametrize("field", ["qty", "ver", "ts"])
+@pytest.mark.parametrize("field", ["sku", "qty", "ver", "ts"])
 def test_missing_required_field(field: str) -> None:
     with pytest.raises(BadMessage) as info:
         decode_record(pack(without(field)))

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.alerts import Thresholds
 from gateway.protocol import StockRecord
-from gateway.room import Outcome, RoomState
+from gateway.room import PAST_EPOCHS, Epoch, Held, Outcome, RoomState
 
 TS = 1_700_000_000_000
 
@@ -263,6 +263,15 @@ def test_host_view_has_publisher_fields_plus_alert_and_status() -> None:
     ]
 
 
+def test_host_items_leave_the_epoch_to_the_snapshot() -> None:
+    state = RoomState("live-1")
+    record = rec(qty=3, ep="e1")
+    state.apply(record)
+    assert "ep" not in state.view([record], "host")[0]
+    assert "ep" not in state.snapshot_view("host")[0]
+    assert "ep" not in state.snapshot_view("viewer")[0]
+
+
 def test_host_view_of_minimal_record() -> None:
     state = RoomState("live-1")
     record = rec(qty=0, initial=None)
@@ -298,3 +307,86 @@ def test_replace_within_the_same_epoch_keeps_the_newer_record() -> None:
     assert {s: (r.qty, r.ver) for s, r in state.items.items()} == {"A": (8, 5), "B": (4, 2)}
     state.replace([rec("A", qty=100, ver=1)], "e2")  # a new epoch: versions started over
     assert {s: (r.qty, r.ver) for s, r in state.items.items()} == {"A": (100, 1)}
+
+
+# -- epochs --------------------------------------------------------------------
+
+
+def test_records_without_an_epoch_or_of_the_rooms_epoch_are_current() -> None:
+    state = RoomState("room")
+    assert state.judge(None) is Epoch.CURRENT
+    assert state.judge("e1") is Epoch.UNKNOWN  # nothing loaded yet
+    state.replace([], "")  # loaded before the room's first write
+    assert state.judge("e1") is Epoch.UNKNOWN
+    state.replace([], "e1")
+    assert state.judge("e1") is Epoch.CURRENT
+    assert state.judge(None) is Epoch.CURRENT
+
+
+def test_a_new_epoch_makes_the_old_one_past() -> None:
+    state = RoomState("room")
+    state.replace([rec("A", ver=40)], "e1")
+    assert state.judge("e2") is Epoch.UNKNOWN
+    state.replace([rec("A", ver=1)], "e2")
+    assert state.judge("e1") is Epoch.PAST
+    assert state.judge("e2") is Epoch.CURRENT
+    assert state.judge("e3") is Epoch.UNKNOWN
+    assert "" not in state.past_epochs
+
+
+def test_retire_ignores_the_current_epoch_and_remembers_a_bounded_few() -> None:
+    state = RoomState("room")
+    state.replace([], "now")
+    state.retire("now")
+    assert state.judge("now") is Epoch.CURRENT
+    for i in range(PAST_EPOCHS + 3):
+        state.retire(f"old-{i}")
+    assert len(state.past_epochs) == PAST_EPOCHS
+    assert state.judge(f"old-{PAST_EPOCHS + 2}") is Epoch.PAST
+    assert state.judge("old-0") is Epoch.UNKNOWN  # forgotten: a reload would tell again
+
+
+def test_an_epoch_read_again_is_current_not_past() -> None:
+    state = RoomState("room")
+    state.replace([], "e1")
+    state.replace([], "e2")
+    state.replace([], "e1")  # someone restored the old epoch key
+    assert state.judge("e1") is Epoch.CURRENT
+    assert state.judge("e2") is Epoch.PAST
+
+
+def test_held_keeps_the_newest_record_per_sku() -> None:
+    held = Held()
+    assert held.add(rec("A", qty=9, ver=3, ep="e1"))
+    assert not held.add(rec("A", qty=8, ver=3, ep="e1"))  # a duplicate
+    assert not held.add(rec("A", qty=7, ver=2, ep="e1"))  # older
+    assert held.add(rec("A", qty=6, ver=5))  # no epoch: the version rule
+    assert held.add(rec("B", qty=1, ver=1, ep="e1"))
+    assert {s: r.qty for s, r in held.records.items()} == {"A": 6, "B": 1}
+    assert not held.mixed
+
+
+def test_held_records_of_another_epoch_replace_by_arrival_and_mark_it() -> None:
+    held = Held()
+    held.add(rec("A", qty=9, ver=30, ep="e1"))
+    assert held.add(rec("A", qty=100, ver=1, ep="e2"))  # Redis started over
+    assert held.records["A"].qty == 100
+    assert held.mixed
+
+
+def test_adopt_applies_held_records_by_epoch() -> None:
+    state = RoomState("room")
+    state.replace([rec("A", qty=50, ver=10)], "e1")
+    held = Held()
+    for record in (rec("A", qty=1, ver=1, ep="e2"), rec("B", qty=5, ver=2, ep="e2"),
+                   rec("C", qty=9, ver=7, ep="e1"), rec("D", qty=3, ver=4, ep="e9")):
+        held.add(record)
+    unexplained, discarded = state.adopt([rec("A", qty=1, ver=1), rec("B", qty=5, ver=1)], "e2",
+                                         held, seen={"e2", "e8"})
+    assert state.epoch == "e2"
+    assert {s: (r.qty, r.ver) for s, r in state.items.items()} == {"A": (1, 1), "B": (5, 2)}
+    assert discarded == 2  # A at the snapshot's version; C of the past epoch e1
+    assert unexplained == {"e9"}  # published after the read, perhaps in a newer epoch
+    assert state.judge("e8") is Epoch.PAST  # seen before the read, which showed another
+    assert state.judge("e1") is Epoch.PAST
+    assert state.pending == {}

@@ -6,16 +6,19 @@ import asyncio
 import random
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import msgpack
 import pytest
 import redis
 
 from clients.publisher import Publisher
-from gateway.protocol import CloseCode
+from gateway.protocol import CloseCode, channel, epoch_key, stock_key
 from gateway.server import Gateway
+from gateway.stock import Status
 from tests.conftest import RedisServer, gateway_settings, token
 from tests.screens import Screen
 
@@ -67,42 +70,152 @@ async def test_cli_publish_reaches_clients_and_late_joiners_get_a_snapshot(
             assert first["items"][0]["name"] == "T-shirt"
 
 
-async def test_concurrent_out_of_order_publishing_converges(gateway: Gateway, redis_url: str) -> None:
-    skus = [f"sku-{i}" for i in range(40)]
-    async with Publisher(redis_url) as pub:
+class StrictScreen(Screen):
+    """A Screen that also flags a snapshot going back within its epoch.
+
+    Across epochs a snapshot may go back (the data started over, §6); within
+    one it never may.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.epoch: str | None = None
+
+    def _apply(self, frame: dict[str, Any]) -> None:
+        if frame["t"] == "snapshot":
+            if frame["epoch"] == self.epoch:
+                for item in frame["items"]:
+                    old = self.items.get(item["sku"])
+                    if old is not None and item["ver"] < old["ver"]:
+                        self.violations.append(
+                            f"snapshot took {item['sku']} back from {old['ver']} to {item['ver']}")
+            self.epoch = frame["epoch"]
+        super()._apply(frame)
+
+    def state(self) -> dict[str, tuple[int, int]]:
+        return {sku: (item["qty"], item["ver"]) for sku, item in self.items.items()}
+
+
+#: Stores a record only if it is newer, but publishes it regardless: a sloppy
+#: publisher replaying old records, so stale ones really travel through Redis.
+RAW_PUBLISH = """
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if not stored or cmsgpack.unpack(stored).ver < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+return redis.call('SPUBLISH', KEYS[2], ARGV[3])
+"""
+
+
+async def truth_of(pub: Publisher, room: str) -> dict[str, tuple[int, int]]:
+    return {sku: (r["qty"], r["ver"]) for sku, r in (await pub.stock(room)).items()}
+
+
+async def test_concurrent_out_of_order_publishing_converges(
+    gateway: Gateway, redis_server: RedisServer
+) -> None:
+    room, skus, raw_skus = "sale", [f"sku-{i}" for i in range(60)], [f"raw-{i}" for i in range(20)]
+    published = 0
+    async with Publisher(redis_server.url) as pub:
         for sku in skus:
-            await pub.set("sale", sku, 1000, initial=1000)
-        screens = [Screen(f"{gateway.url}/ws/sale") for _ in range(4)]
+            await pub.set(room, sku, 1000, initial=1000, reserve=200)
+        await pub.set(room, "hot", 50, initial=50)
+        epoch = (await asyncio.to_thread(redis_server.client().get, epoch_key(room))).decode()
+        screens = [StrictScreen(f"{gateway.url}/ws/{room}") for _ in range(3)]
+        screens.append(StrictScreen(f"{gateway.url}/ws/{room}?role=host&token={token()}"))
         for s in screens:
             await s.__aenter__()
 
         async def stock_service(seed: int) -> None:
+            nonlocal published
             rng = random.Random(seed)
-            for _ in range(400):
-                sku = rng.choice(skus)
-                roll = rng.random()
-                if roll < 0.8:
-                    await pub.adjust("sale", sku, -rng.randint(1, 30))
-                elif roll < 0.9:
-                    await pub.set("sale", sku, rng.randint(0, 1000))
-                else:  # a replayed, out-of-order message with an old version
-                    await pub.set("sale", sku, 999, version=1)
+            for _ in range(1100):
+                sku, roll = rng.choice(skus), rng.random()
+                if roll < 0.85:
+                    result = await pub.adjust(room, sku, -rng.randint(1, 30))
+                elif roll < 0.95:
+                    result = await pub.set(room, sku, rng.randint(0, 1000))
+                else:
+                    result = await pub.release(room, sku, rng.randint(1, 20))
+                published += result.ok
 
-        late = Screen(f"{gateway.url}/ws/sale")
-        workers = [asyncio.create_task(stock_service(seed)) for seed in range(4)]
-        await asyncio.sleep(0.05)
+        async def sell_out() -> None:
+            """One SKU sold one unit at a time to zero, then an order refused."""
+            nonlocal published
+            for _ in range(50):
+                published += (await pub.adjust(room, "hot", -1)).ok
+            assert (await pub.adjust(room, "hot", -1)).status is Status.INSUFFICIENT
+
+        async def raw_publisher() -> None:
+            """Whole records straight onto the channel: shuffled, with duplicates."""
+            nonlocal published
+            rng = random.Random(99)
+            raw = redis_server.client()
+            script = raw.register_script(RAW_PUBLISH)
+            records = [(sku, ver) for sku in raw_skus for ver in range(1, 31)]
+            records += rng.sample(records, 150)  # duplicates
+            rng.shuffle(records)
+            for sku, ver in records:
+                now_ms = int(time.time() * 1000)
+                record = msgpack.packb({"sku": sku, "qty": 1000 - ver, "ver": ver, "ts": now_ms, "ep": epoch})
+                receivers = await asyncio.to_thread(
+                    script, keys=[stock_key(room), channel(room)], args=[sku, ver, record])
+                assert receivers == 1  # the gateway got it, out of order or not
+                published += 1
+                if ver % 8 == 0:
+                    await asyncio.sleep(0)
+
+        workers = [asyncio.create_task(stock_service(seed)) for seed in range(5)]
+        workers.append(asyncio.create_task(raw_publisher()))
+        workers.append(asyncio.create_task(sell_out()))
+        await asyncio.sleep(0.3)
+        late = StrictScreen(f"{gateway.url}/ws/{room}")  # joins mid-stream: snapshot, then updates
         await late.__aenter__()
         await asyncio.gather(*workers)
-        truth = {sku: (r["qty"], r["ver"]) for sku, r in (await pub.stock("sale")).items()}
+        truth = await truth_of(pub, room)
     try:
+        assert published >= 5000
+        assert set(truth) == {*skus, *raw_skus, "hot"}
+        assert {sku: truth[sku] for sku in raw_skus} == {sku: (970, 30) for sku in raw_skus}
+        assert truth["hot"] == (0, 51)
         for s in [*screens, late]:
-            await s.until(lambda s: {k: (i["qty"], i["ver"]) for k, i in s.items.items()} == truth,
-                          timeout=10)
+            await s.until(lambda s: s.state() == truth, timeout=30)
             assert s.violations == []
+            assert s.items["hot"]["st"] == "out"
+        assert gateway.metrics.updates_discarded._value.get() > 0  # stale ones reached it
     finally:
         for s in [*screens, late]:
             await s.__aexit__()
-    assert any(q == 0 for q, _ in truth.values()) or True  # sell-outs are likely, not required
+
+
+async def test_a_flush_while_connected_converges_to_the_reseeded_truth(
+    gateway: Gateway, redis_server: RedisServer
+) -> None:
+    host_url = f"{gateway.url}/ws/flush?role=host&token={token()}"
+    async with Publisher(redis_server.url) as pub, StrictScreen(f"{gateway.url}/ws/flush") as viewer, \
+            StrictScreen(host_url) as host:
+        await pub.set("flush", "x", 100, initial=100)
+        for _ in range(9):
+            await pub.adjust("flush", "x", -1)
+        await viewer.until(lambda s: s.state() == {"x": (91, 10)})
+        old_epoch = viewer.epoch
+        redis_server.client().flushall()  # the gateway's connections stay up
+        await pub.set("flush", "x", 42, initial=100)  # re-seeded: lower versions
+        await pub.set("flush", "y", 7)
+        await pub.adjust("flush", "y", -1)
+        truth = await truth_of(pub, "flush")
+        assert truth == {"x": (42, 1), "y": (6, 2)}
+        new_epoch = (await asyncio.to_thread(redis_server.client().get, epoch_key("flush"))).decode()
+        assert new_epoch != old_epoch
+        for screen in (viewer, host):
+            await screen.until(lambda s: s.state() == truth, timeout=10)
+            assert screen.epoch == new_epoch
+            assert screen.violations == []
+            assert screen.close_code is None
+        async with StrictScreen(f"{gateway.url}/ws/flush") as late:
+            await late.until(lambda s: s.frames)
+            assert late.frames[0]["epoch"] == new_epoch
+            assert late.state() == truth
 
 
 async def test_sell_out_is_sent_before_the_next_tick(redis_url: str) -> None:
@@ -175,6 +288,130 @@ async def test_a_client_that_stops_reading_is_bounded_and_closed(redis_url: str)
                 assert normal.violations == []
                 sock.close()
     finally:
+        await gw.stop()
+
+
+async def test_a_failed_first_load_is_retried_while_redis_stays_up(
+    gateway: Gateway, redis_server: RedisServer
+) -> None:
+    raw = redis_server.client()
+    raw.set(stock_key("wt"), "not a hash")  # the snapshot read fails with WRONGTYPE
+    async with Screen(f"{gateway.url}/ws/wt") as screen:
+        for _ in range(100):
+            if gateway.metrics.load_failures._value.get() >= 1:
+                break
+            await asyncio.sleep(0.02)
+        assert gateway.metrics.load_failures._value.get() >= 1
+        assert screen.frames == []
+        raw.delete(stock_key("wt"))  # fixed; pub/sub never dropped, so no resync comes
+        async with Publisher(redis_server.url) as pub:
+            await pub.set("wt", "x", 3)
+        await screen.until(lambda s: s.qty() == {"x": 3}, timeout=10)
+        assert screen.frames[0]["t"] == "snapshot"
+
+
+class RawFrames:
+    """Server-to-client websocket frames parsed off a raw socket (they are never masked)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.upgraded = False
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buffer += data
+        frames: list[tuple[int, bytes]] = []
+        if not self.upgraded:  # the HTTP 101 response comes first
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return frames
+            assert self.buffer.startswith(b"HTTP/1.1 101")
+            del self.buffer[:end + 4]
+            self.upgraded = True
+        while len(self.buffer) >= 2:
+            opcode, n, offset = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F, 2
+            if n == 126:
+                if len(self.buffer) < 4:
+                    break
+                n, offset = int.from_bytes(self.buffer[2:4], "big"), 4
+            elif n == 127:
+                if len(self.buffer) < 10:
+                    break
+                n, offset = int.from_bytes(self.buffer[2:10], "big"), 10
+            if len(self.buffer) < offset + n:
+                break
+            frames.append((opcode, bytes(self.buffer[offset:offset + n])))
+            del self.buffer[:offset + n]
+        return frames
+
+
+async def test_a_stalled_client_that_reads_again_gets_a_fresh_snapshot(redis_url: str) -> None:
+    limit = 64 * 1024
+    gw = Gateway(gateway_settings(redis_url, send_buffer_limit=limit, slow_client_timeout=60.0,
+                                  ping_interval=60.0, client_message_rate=10_000,
+                                  client_message_burst=10_000))
+    await gw.start()
+    sock = None
+    try:
+        async with Publisher(redis_url) as pub, \
+                Screen(f"{gw.url}/ws/lag?role=host&token={token()}") as normal:
+            for i in range(50):
+                await pub.set("lag", f"sku-{i}", 100, name="长" * 200)
+            await normal.until(lambda s: len(s.items) == 50)
+            sock = stalled_socket(gw.port, f"/ws/lag?role=host&token={token()}")
+            resync = masked(msgpack.packb({"t": "resync"}))
+            for _ in range(60):  # each asks for a ~30 KB snapshot that nobody reads
+                if gw.hub.lagging:
+                    break
+                for _ in range(20):
+                    await asyncio.to_thread(sock.sendall, resync)
+                await asyncio.sleep(0.05)
+            (stalled,) = gw.hub.lagging
+            # Marked slow: what changes now reaches it only through a fresh snapshot.
+            for _ in range(5):
+                await pub.adjust("lag", "sku-7", -3)
+            await normal.until(lambda s: s.qty()["sku-7"] == 85)
+            assert stalled.lagging_since is not None
+            assert stalled.buffered() <= limit + 40_000
+
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            parser, items = RawFrames(), {}
+            first_with_change: str | None = None
+            deadline = loop.time() + 30
+
+            async def received() -> list[tuple[int, bytes]]:
+                assert sock is not None
+                timeout = max(0.0, deadline - loop.time())
+                data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), timeout)
+                assert data, "the gateway dropped the connection instead of resuming it"
+                return parser.feed(data)
+
+            while items.get("sku-7", {}).get("qty") != 85:
+                for opcode, payload in await received():
+                    assert opcode != 0x8, "closed instead of resumed"
+                    frame = msgpack.unpackb(payload) if opcode == 0x2 else {"t": "control"}
+                    if frame["t"] == "snapshot":
+                        items = {i["sku"]: i for i in frame["items"]}
+                    elif frame["t"] == "update":
+                        items.update({i["sku"]: i for i in frame["items"]})
+                    if first_with_change is None and items.get("sku-7", {}).get("qty") == 85:
+                        first_with_change = frame["t"]
+            assert first_with_change == "snapshot"  # no increments while it lagged
+            assert stalled.lagging_since is None
+            assert not gw.hub.lagging
+
+            await pub.adjust("lag", "sku-7", -5)  # and updates flow again
+            while items["sku-7"]["qty"] != 80:
+                for opcode, payload in await received():
+                    if opcode == 0x2 and (frame := msgpack.unpackb(payload))["t"] == "update":
+                        items.update({i["sku"]: i for i in frame["items"]})
+            truth = await truth_of(pub, "lag")
+            assert {sku: (i["qty"], i["ver"]) for sku, i in items.items()} == truth
+            assert gw.metrics.client_closes.labels("slow_client")._value.get() == 0
+            assert normal.violations == []
+    finally:
+        if sock is not None:
+            sock.close()
         await gw.stop()
 
 

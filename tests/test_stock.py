@@ -188,7 +188,7 @@ def test_stale_version_for_every_kind(kind: OpKind) -> None:
     refused(stored(qty=10, ver=4, reserve=3), op(kind, 1, version=4), Status.STALE)
 
 
-@pytest.mark.parametrize("version", [MAX_INT + 1, True], ids=repr)
+@pytest.mark.parametrize("version", [MAX_INT + 1, True, 5.0, "7", "1e3", "0x10", " 5"], ids=repr)
 def test_bad_explicit_version_is_invalid(version: int) -> None:
     refused(stored(), op(SET, 8, version=version), Status.INVALID)
 
@@ -225,6 +225,8 @@ def test_explicit_version_max_int_is_accepted() -> None:
         pytest.param({"safety": float("nan")}, id="nan-safety"),
         pytest.param({"name": "x" * 201}, id="long-name"),
         pytest.param({"name": 5}, id="int-name"),
+        pytest.param({"name": "bad \udc80 half"}, id="lone-surrogate-name"),
+        pytest.param({"ep": "e1"}, id="epoch-is-not-a-publisher-field"),
     ],
 )
 @pytest.mark.parametrize("kind", [SET, ADJUST, RELEASE])
@@ -234,13 +236,14 @@ def test_invalid_extras_change_nothing(fields: dict[str, Any], kind: OpKind) -> 
         refused(None, op(kind, 1, fields=fields), Status.INVALID)
 
 
-@pytest.mark.parametrize("sku", ["", "x" * 65, "a{b", "a}b", "a\nb", "\x00"])
+@pytest.mark.parametrize("sku", ["", "x" * 65, "a{b", "a}b", "a\nb", "\x00", "a\ud800", b"A"], ids=repr)
 @pytest.mark.parametrize("kind", [SET, ADJUST, RELEASE])
 def test_bad_sku_is_invalid(sku: str, kind: OpKind) -> None:
     refused(None, op(kind, 1, sku=sku), Status.INVALID)
 
 
-@pytest.mark.parametrize("amount", [1.5, True, MAX_INT + 1, -(MAX_INT + 1)], ids=repr)
+@pytest.mark.parametrize("amount", [1.5, 2.0, True, MAX_INT + 1, -(MAX_INT + 1), "5", "1e3", "0x10", " 5"],
+                         ids=repr)
 @pytest.mark.parametrize("kind", [SET, ADJUST, RELEASE])
 def test_bad_amount_is_invalid(amount: int, kind: OpKind) -> None:
     refused(stored(reserve=5), op(kind, amount), Status.INVALID)
@@ -314,3 +317,25 @@ def test_ok_results_never_exceed_max_int(current: StockRecord, stock_op: StockOp
     except BadMessage as exc:
         pytest.fail(f"apply_op returned {result.status} with a record the gateway rejects: {exc}")
     assert decoded == record
+
+
+# -- epoch -------------------------------------------------------------------------
+
+
+def test_records_carry_the_epoch_they_were_written_in() -> None:
+    _, first = apply_op(None, op(SET, 10), NOW, "e1")
+    assert first is not None
+    assert first.ep == "e1"
+    assert decode_record(encode_record(first)) == first
+    _, second = apply_op(first, op(ADJUST, -1), NOW, "e2")  # the stored record's epoch is replaced
+    assert second is not None
+    assert second.ep == "e2"
+    _, third = apply_op(second, op(ADJUST, -1), NOW)
+    assert third is not None
+    assert third.ep is None
+
+
+def test_refused_ops_stamp_no_epoch() -> None:
+    result, record = apply_op(None, op(ADJUST, -1), NOW, "e1")
+    assert result.status is Status.UNKNOWN
+    assert record is None

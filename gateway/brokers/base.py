@@ -24,7 +24,8 @@ class BrokerHandler(Protocol):
         """The broker lost and regained the upstream of ``rooms``; they may be stale.
 
         Called after those rooms are subscribed again, so a snapshot loaded now
-        misses nothing.  Raises :class:`BrokerUnavailable` if a reload fails.
+        misses nothing.  A room whose reload fails is retried by the handler
+        itself, with backoff; this does not raise for it.
         """
 
     def on_disconnect(self) -> None:
@@ -54,7 +55,8 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def load(self, room: str) -> Stored:
         """The room's epoch and every stored record, as published (msgpack bytes),
-        read in one consistent step."""
+        read in one consistent step.  Raises :class:`BrokerUnavailable` when
+        the read fails for any reason; the caller retries."""
 
     @abc.abstractmethod
     async def report_viewers(self, room: str, node: str, count: int, ttl: float) -> int:
@@ -65,7 +67,10 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def execute(self, room: str, op: StockOp) -> OpResult:
-        """Change stored stock and publish the new record, atomically."""
+        """Change stored stock and publish the new record, atomically.
+
+        The record carries the room's epoch as ``ep``; the first write to a
+        room creates the epoch."""
 
 
 class BrokerUnavailable(ConnectionError):

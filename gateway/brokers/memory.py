@@ -49,7 +49,8 @@ class MemoryBroker(Broker):
         return Stored(self._epochs.get(room, ""), records)
 
     def wipe(self) -> None:
-        """Forget every room, as a Redis restart without persistence would."""
+        """Forget every room, as a Redis restart without persistence (or a
+        FLUSHALL) would; subscriptions stay, as they do across a FLUSHALL."""
         self._stock.clear()
         self._epochs.clear()
 
@@ -58,9 +59,11 @@ class MemoryBroker(Broker):
 
     async def execute(self, room: str, op: StockOp) -> OpResult:
         records = self._stock.setdefault(room, {})
-        result, record = apply_op(records.get(op.sku), op, int(time.time() * 1000))
+        # Like stock.lua: the first write creates the epoch, and every record carries it.
+        epoch = self._epochs.get(room) or uuid.uuid4().hex
+        result, record = apply_op(records.get(op.sku), op, int(time.time() * 1000), epoch)
         if record is not None:
-            self._epochs.setdefault(room, uuid.uuid4().hex)
+            self._epochs[room] = epoch
             records[op.sku] = record
             if room in self._subscribed and self._handler is not None and self._loop is not None:
                 # Deliver on the next loop turn, as a network broker would.

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.brokers.base import Broker
 from gateway.brokers.memory import MemoryBroker
@@ -122,3 +124,48 @@ async def test_viewer_reports_include_this_node(started: tuple[Broker, Recorder]
         await broker.report_viewers("r6", "node-c", 4, ttl=0.001)
         await asyncio.sleep(0.01)
         assert await broker.report_viewers("r6", "node-b", 1, ttl=5) == 8
+
+
+async def wipe(broker: Broker) -> None:
+    """FLUSHALL, with the broker's connections (and subscriptions) left as they are."""
+    if isinstance(broker, MemoryBroker):
+        broker.wipe()
+        return
+    assert isinstance(broker, RedisBroker)
+    client = RedisCluster.from_url(broker.url) if broker.cluster else aioredis.from_url(broker.url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+
+
+async def test_records_carry_the_rooms_epoch(started: tuple[Broker, Recorder]) -> None:
+    broker, rec = started
+    await broker.subscribe("r7")
+    await broker.execute("r7", op("set", "a", 3))
+    await broker.execute("r7", op("adjust", "a", -1))
+    await rec.until(lambda: len(rec.messages) == 2)
+    stored = await broker.load("r7")
+    assert stored.epoch
+    assert [r.ep for _, r in rec.messages] == [stored.epoch, stored.epoch]
+    assert [r.ep for r in map(decode_record, stored.records)] == [stored.epoch]
+
+
+async def test_a_flushed_room_starts_a_new_epoch_that_its_records_show(
+    started: tuple[Broker, Recorder],
+) -> None:
+    broker, rec = started
+    await broker.subscribe("r8")
+    for qty in (10, 9, 8):
+        await broker.execute("r8", op("set", "a", qty))
+    old = await broker.load("r8")
+    await wipe(broker)
+    assert (await broker.load("r8")).epoch == ""
+    result = await broker.execute("r8", op("set", "a", 42))
+    assert (result.status, result.qty, result.ver) == (Status.OK, 42, 1)  # versions started over
+    await rec.until(lambda: len(rec.messages) == 4)  # still subscribed through the flush
+    new = await broker.load("r8")
+    assert new.epoch not in ("", old.epoch)
+    room, record = rec.messages[-1]
+    assert (room, record.qty, record.ver, record.ep) == ("r8", 42, 1, new.epoch)
+    assert {r.ep for _, r in rec.messages[:3]} == {old.epoch}
