@@ -110,6 +110,25 @@ class Metrics:
             "stockwire_broker_ready", "1 while updates are flowing from the broker", registry=r,
             multiprocess_mode="livemin"
         )
+        self.redis_shard_up = Gauge(
+            "stockwire_redis_shard_up",
+            "1 while this node's subscription to a Redis primary (a cluster shard) is up",
+            ["shard"], registry=r, multiprocess_mode="livemin",
+        )
+
+    def shard_state(self, shard: str, up: bool | None) -> None:
+        """A shard's health as the Redis broker reports it; ``None``: no longer a primary.
+
+        Labels cannot be removed across worker processes (prometheus_client's
+        multiprocess mode), so there a former primary reads NaN rather than 0,
+        which would look like a dead shard forever.
+        """
+        if up is not None:
+            self.redis_shard_up.labels(shard).set(1 if up else 0)
+        elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.redis_shard_up.labels(shard).set(float("nan"))
+        else:
+            self.redis_shard_up.remove(shard)
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

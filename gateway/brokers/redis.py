@@ -1,11 +1,18 @@
 """Redis broker: sharded pub/sub, on one Redis or across a Redis Cluster.
 
 Rooms are subscribed on demand with SSUBSCRIBE, on the connection of the
-shard that owns the room's slot (a single Redis is one shard).  Each shard's
-reader owns its reconnection: redis-py's own retries are off so a dropped
-connection surfaces here, where it matters.  After a reconnect the shard's
-rooms are subscribed again *and then* reloaded from their stored records, or
-updates published while we were away would be lost.
+shard that owns the room's slot (a single Redis is one shard; see
+:mod:`gateway.brokers.shard`).  On a cluster the broker also keeps the list of
+shards equal to the cluster's current primaries: after a failover or a
+resharding, rooms move to their slot's new owner, are subscribed there and
+then reloaded, and shards that are no longer primaries are dropped.
+
+Readiness on a cluster means "this node can reach the cluster": the slot map
+is known and at least one primary's subscription is up.  One dead primary
+stalls only the rooms it owns, on every node alike, so taking every node out
+of the load balancer for it would only cut off the rooms on healthy shards;
+per-shard health goes to ``on_shard_state`` (the ``stockwire_redis_shard_up``
+gauge) instead.
 """
 
 from __future__ import annotations
@@ -14,8 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 import msgpack
@@ -23,15 +29,16 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException
 
 from gateway.brokers.base import Broker, BrokerHandler, BrokerUnavailable
-from gateway.protocol import Stored, channel, epoch_key, room_of_channel, stock_key, viewers_key
+from gateway.brokers.shard import CONNECTION_ERRORS, Shard
+from gateway.protocol import Stored, channel, epoch_key, stock_key, viewers_key
 from gateway.stock import LUA_SCRIPT, OpResult, Status, StockOp
 
 log = logging.getLogger("stockwire.redis")
 
-_CONNECTION_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_REFRESH_ERRORS = (*CONNECTION_ERRORS, RedisClusterException)
 
 #: Reads a room's epoch and records in one atomic step (a script, not MULTI,
 #: so it runs unchanged on a cluster: both keys share the room's hash slot).
@@ -40,9 +47,14 @@ return {redis.call('GET', KEYS[1]) or '', redis.call('HVALS', KEYS[2])}
 """
 
 #: Sets this node's viewer count, drops other nodes' expired entries, returns the sum.
+#: Expiry is judged on the Redis server's clock, never a gateway's: a node whose
+#: clock runs ahead would otherwise delete live entries of the others, and one
+#: running behind would keep a dead node's viewers.
 VIEWERS_SCRIPT = """
-local now, total = tonumber(ARGV[3]), 0
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. (now + tonumber(ARGV[4])))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl, total = tonumber(ARGV[3]), 0
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. (now + ttl))
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local count, expires = string.match(entries[i + 1], '^(%d+):(%d+)$')
@@ -53,7 +65,7 @@ for i = 1, #entries, 2 do
   end
 end
 -- The key outlives the longest-lived entry, so idle rooms leave nothing behind.
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return total
 """
 
@@ -98,177 +110,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class Shard:
-    """One pub/sub connection and the rooms whose channels it carries."""
 
-    def __init__(self, broker: RedisBroker, name: str, client: aioredis.Redis) -> None:
-        self.broker = broker
-        self.name = name
-        self.client = client
-        self.rooms: set[str] = set()
-        self.ready = False
-        self._pubsub: Any = None
-        self._confirm: dict[str, asyncio.Future[None]] = {}
-        self._last_seen = 0.0
-        self._task: asyncio.Task[None] | None = None
-        self._resync_task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"stockwire-shard-{self.name}")
-
-    async def stop(self) -> None:
-        for task in (self._task, self._resync_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await self._close_pubsub()
-        await self.client.aclose()
-        self.ready = False
-
-    async def subscribe(self, room: str) -> None:
-        self.rooms.add(room)
-        pubsub = self._pubsub
-        if pubsub is None:
-            raise BrokerUnavailable("redis is unreachable")
-        name = channel(room)
-        future = self._confirm.get(name)
-        if future is None:
-            future = self._confirm[name] = asyncio.get_running_loop().create_future()
-            try:
-                await pubsub.ssubscribe(name)
-            except _CONNECTION_ERRORS as exc:
-                raise BrokerUnavailable(str(exc)) from exc
-        try:
-            await asyncio.wait_for(asyncio.shield(future), self.broker.subscribe_timeout)
-        except TimeoutError as exc:
-            raise BrokerUnavailable("no subscribe confirmation") from exc
-
-    async def unsubscribe(self, room: str) -> None:
-        self.rooms.discard(room)
-        name = channel(room)
-        self._confirm.pop(name, None)
-        if self._pubsub is not None:
-            with contextlib.suppress(*_CONNECTION_ERRORS):
-                await self._pubsub.sunsubscribe(name)
-
-    async def _run(self) -> None:
-        attempt = 0
-        connected_once = False
-        while True:
-            try:
-                await self._connect()
-                if connected_once:
-                    self.broker.reconnected()
-                connected_once = True
-                attempt = 0
-                await self._read()
-            except asyncio.CancelledError:
-                raise
-            except _CONNECTION_ERRORS as exc:
-                if self.ready:
-                    log.warning("redis.down", extra={"fields": {"shard": self.name, "error": str(exc)}})
-                else:
-                    fields = {"shard": self.name, "error": repr(exc)}
-                    log.debug("redis.connect_failed", extra={"fields": fields})
-            self._lost()
-            await self._close_pubsub()
-            # Pooled command connections died with this one; drop them so the
-            # reload after reconnecting starts fresh.
-            with contextlib.suppress(Exception):
-                await self.client.connection_pool.disconnect()
-            await self.broker.reset_commands()
-            await self.broker.topology_changed(self)
-            # Exponential backoff with full jitter: a fleet of gateways that
-            # lost the same Redis must not return in the same millisecond.
-            delay = min(self.broker.reconnect_max, self.broker.reconnect_min * 2**attempt)
-            attempt = min(attempt + 1, 16)
-            await asyncio.sleep(random.uniform(0, delay))
-
-    async def _connect(self) -> None:
-        pubsub = self.client.pubsub()
-        await pubsub.ping()  # connects, or raises while Redis is down
-        self._pubsub = pubsub
-        self._last_seen = time.monotonic()
-        names = [channel(room) for room in self.rooms]
-        loop = asyncio.get_running_loop()
-        self._confirm = {name: loop.create_future() for name in names}
-        for name in names:  # one per command: SSUBSCRIBE refuses channels of different slots
-            await pubsub.ssubscribe(name)
-        self._resync_task = asyncio.create_task(self._resync(list(self._confirm.values())))
-
-    async def _resync(self, confirmations: list[asyncio.Future[None]]) -> None:
-        try:
-            await asyncio.wait_for(asyncio.gather(*confirmations), self.broker.subscribe_timeout)
-        except (TimeoutError, BrokerUnavailable):
-            return  # the reader will notice the broken connection and retry
-        self.ready = True
-        log.info("redis.ready", extra={"fields": {"shard": self.name, "rooms": len(self.rooms)}})
-        try:
-            await self.broker.resync(set(self.rooms))
-        except BrokerUnavailable:
-            # A reload failed: start the whole cycle again rather than serve
-            # rooms whose snapshot we could not read.
-            log.warning("redis.resync_failed", extra={"fields": {"shard": self.name}})
-            if self._pubsub is not None and self._pubsub.connection is not None:
-                with contextlib.suppress(Exception):
-                    await self._pubsub.connection.disconnect()
-
-    async def _read(self) -> None:
-        pubsub = self._pubsub
-        handler = self.broker.handler
-        assert pubsub is not None
-        assert handler is not None
-        watchdog = asyncio.create_task(self._watchdog(pubsub))
-        try:
-            while True:
-                message = await pubsub.get_message(timeout=None)
-                if message is None:
-                    continue
-                self._last_seen = time.monotonic()
-                kind = message["type"]
-                if kind == "smessage":
-                    room = room_of_channel(message["channel"])
-                    if room is not None:
-                        handler.on_message(room, message["data"])
-                elif kind == "ssubscribe":
-                    future = self._confirm.get(_text(message["channel"]))
-                    if future is not None and not future.done():
-                        future.set_result(None)
-        finally:
-            watchdog.cancel()
-
-    async def _watchdog(self, pubsub: Any) -> None:
-        """Ping through the pub/sub connection; a silent connection is a dead one."""
-        interval = self.broker.ping_interval
-        while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_seen > 3 * interval:
-                log.warning("redis.silent", extra={"fields": {"shard": self.name}})
-                with contextlib.suppress(Exception):
-                    await pubsub.connection.disconnect()
-                return
-            with contextlib.suppress(*_CONNECTION_ERRORS):
-                await pubsub.ping()
-
-    def _lost(self) -> None:
-        was_ready = self.ready
-        self.ready = False
-        for future in self._confirm.values():
-            if not future.done():
-                future.set_exception(BrokerUnavailable("redis connection lost"))
-                future.exception()  # mark retrieved; waiters re-raise their own
-        self._confirm = {}
-        if self._resync_task is not None:
-            self._resync_task.cancel()
-        if was_ready:
-            self.broker.shard_lost(self)
-
-    async def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+def _shard_client(host: str, port: int) -> aioredis.Redis:
+    """A pub/sub client for one primary, failing fast like :func:`connect`'s."""
+    return aioredis.Redis(host=host, port=port, retry=Retry(NoBackoff(), 0),
+                          socket_connect_timeout=2.0, socket_keepalive=True)
 
 
 class RedisBroker(Broker):
@@ -277,6 +124,8 @@ class RedisBroker(Broker):
     On a cluster each room's channel and keys share one hash slot (the
     ``{room}`` tag), so a room lives on exactly one primary and this node
     subscribes only there, and only to the rooms its clients watch.
+    ``on_shard_state(name, up)`` hears every change of a shard's health, and
+    ``up=None`` when a shard is gone (no longer a primary).
     """
 
     def __init__(
@@ -289,6 +138,7 @@ class RedisBroker(Broker):
         ping_interval: float = 5.0,
         subscribe_timeout: float = 5.0,
         on_reconnect: Callable[[], None] | None = None,
+        on_shard_state: Callable[[str, bool | None], None] | None = None,
     ) -> None:
         self.url = url
         self.cluster = cluster
@@ -297,6 +147,7 @@ class RedisBroker(Broker):
         self.ping_interval = ping_interval
         self.subscribe_timeout = subscribe_timeout
         self._on_reconnect = on_reconnect
+        self._on_shard_state = on_shard_state
         self.handler: BrokerHandler | None = None
         self._client: Client | None = None
         self._script: StockScript | None = None
@@ -304,11 +155,30 @@ class RedisBroker(Broker):
         self._viewers: Any = None
         self._shards: dict[str, Shard] = {}
         self._room_shard: dict[str, Shard] = {}
-        self._moves: set[asyncio.Task[None]] = set()
+        #: Rooms a shard gave back (their slot moved), with the shard and how many
+        #: slot-map refreshes still named it as the owner.
+        self._unplaced: dict[str, tuple[Shard, int]] = {}
+        self._topology_known = False
+        self._refresh_wanted = False
+        self._refresher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     @property
     def ready(self) -> bool:
-        return bool(self._shards) and all(shard.ready for shard in self._shards.values())
+        """Single Redis: its subscription is up.  Cluster: the slot map is known and
+        at least one primary's subscription is up (see the module docstring)."""
+        if not self.cluster:
+            return bool(self._shards) and all(shard.ready for shard in self._shards.values())
+        return self._topology_known and any(shard.ready for shard in self._shards.values())
+
+    def subscriptions(self) -> dict[str, str]:
+        """Room -> the shard whose connection carries it (rooms between shards left out)."""
+        return {room: shard.name for room, shard in self._room_shard.items() if room in shard.rooms}
+
+    def shard_health(self) -> dict[str, bool]:
+        """Current shards (primaries) and whether each one's subscription is up."""
+        return {name: shard.ready for name, shard in self._shards.items()}
 
     async def start(self, handler: BrokerHandler) -> None:
         self.handler = handler
@@ -317,39 +187,39 @@ class RedisBroker(Broker):
         self._load = self._client.register_script(LOAD_SCRIPT)
         self._viewers = self._client.register_script(VIEWERS_SCRIPT)
         if not self.cluster:
-            self._add_shard("redis", connect(self.url))  # type: ignore[arg-type]
-        else:
-            await self._discover()
+            client = connect(self.url)
+            assert isinstance(client, aioredis.Redis)
+            kwargs = client.connection_pool.connection_kwargs
+            self._add_shard(f"{kwargs.get('host', 'redis')}:{kwargs.get('port', '')}".rstrip(":"), client)
+        elif not await self._refresh():
+            self.request_refresh()  # keep trying: without a slot map the node is never ready
 
     async def stop(self) -> None:
+        self._stopping = True  # loops end even if a cancellation is lost inside a library
+        tasks = [t for t in (self._refresher, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for shard in list(self._shards.values()):
             await shard.stop()
         self._shards.clear()
         if self._client is not None:
             await self._client.aclose()
 
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _add_shard(self, name: str, client: aioredis.Redis) -> Shard:
         shard = self._shards[name] = Shard(self, name, client)
+        self.health_changed(shard)
         shard.start()
         return shard
 
-    async def _discover(self) -> None:
-        """Learn the cluster's primaries; one reader each (started lazily per room)."""
-        assert isinstance(self._client, RedisCluster)
-        try:
-            await self._client.initialize()
-        except _CONNECTION_ERRORS as exc:
-            log.warning("redis.cluster_unreachable", extra={"fields": {"error": str(exc)}})
-            return
-        for node in self._client.get_primaries():
-            if node.name not in self._shards:
-                client = aioredis.Redis(host=node.host, port=node.port, retry=Retry(NoBackoff(), 0),
-                                        socket_connect_timeout=2.0, socket_keepalive=True)
-                self._add_shard(node.name, client)
-
     def _shard_for(self, room: str) -> Shard | None:
         if not self.cluster:
-            return self._shards.get("redis")
+            return next(iter(self._shards.values()), None)
         assert isinstance(self._client, RedisCluster)
         try:
             node = self._client.get_node_from_key(channel(room))
@@ -360,7 +230,7 @@ class RedisBroker(Broker):
     async def subscribe(self, room: str) -> None:
         shard = self._room_shard.get(room) or self._shard_for(room)
         if shard is None:
-            await self._discover()
+            await self._refresh()
             shard = self._shard_for(room)
             if shard is None:
                 raise BrokerUnavailable("redis cluster is unreachable")
@@ -368,6 +238,7 @@ class RedisBroker(Broker):
         await shard.subscribe(room)
 
     async def unsubscribe(self, room: str) -> None:
+        self._unplaced.pop(room, None)
         shard = self._room_shard.pop(room, None)
         if shard is not None:
             await shard.unsubscribe(room)
@@ -377,18 +248,21 @@ class RedisBroker(Broker):
             raise BrokerUnavailable("broker not started")
         try:
             epoch, values = await self._load(keys=[epoch_key(room), stock_key(room)])
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(str(exc)) from exc
         return Stored(_text(epoch), list(values))
 
     async def report_viewers(self, room: str, node: str, count: int, ttl: float) -> int:
         if self._viewers is None:
             raise BrokerUnavailable("broker not started")
-        now_ms = time.time_ns() // 1_000_000
+        shard = self._room_shard.get(room)
+        if shard is not None and not shard.ready:
+            # Fail fast: waiting for a dead primary's connect timeout would hold
+            # up the reports of every room after this one.
+            raise BrokerUnavailable("the room's shard is unreachable")
         try:
-            total = await self._viewers(keys=[viewers_key(room)],
-                                        args=[node, count, now_ms, int(ttl * 1000)])
-        except _CONNECTION_ERRORS as exc:
+            total = await self._viewers(keys=[viewers_key(room)], args=[node, count, int(ttl * 1000)])
+        except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(str(exc)) from exc
         return int(total)
 
@@ -397,25 +271,30 @@ class RedisBroker(Broker):
             raise BrokerUnavailable("broker not started")
         try:
             return await self._script(room, op)
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
     # -- callbacks from shards -------------------------------------------------------
 
-    async def reset_commands(self) -> None:
-        """Drop the command client's pooled connections after a shard dropped.
+    async def reset_commands(self, shard: Shard) -> None:
+        """Drop the command client's idle connections to a shard that dropped.
 
         They most likely died with it; the snapshot reload after reconnecting
-        must not be the call that finds out.
+        must not be the call that finds out.  Connections in use are only
+        marked: closing them under a running command breaks that command in
+        ways redis-py does not report as a connection error, and on a
+        cluster the other primaries' connections are fine.
         """
         client = self._client
         if isinstance(client, aioredis.Redis):
             with contextlib.suppress(Exception):
-                await client.connection_pool.disconnect()
+                await client.connection_pool.disconnect(inuse_connections=False)
         elif isinstance(client, RedisCluster):
-            for node in client.get_nodes():
+            node = client.get_node(node_name=shard.name)
+            if node is not None:
+                node.update_active_connections_for_reconnect()
                 with contextlib.suppress(Exception):
-                    await node.disconnect()
+                    await node.disconnect_free_connections()
 
     def reconnected(self) -> None:
         if self._on_reconnect is not None:
@@ -425,31 +304,125 @@ class RedisBroker(Broker):
         if self.handler is not None:
             self.handler.on_disconnect()
 
-    async def resync(self, rooms: set[str]) -> None:
+    def health_changed(self, shard: Shard) -> None:
+        if self._on_shard_state is not None and self._shards.get(shard.name) is shard:
+            self._on_shard_state(shard.name, shard.ready)
+
+    async def resync(self, rooms: Collection[str]) -> None:
         if self.handler is not None:
             await self.handler.on_resync(rooms)
 
-    async def topology_changed(self, shard: Shard) -> None:
-        """After a shard dropped: on a cluster, slots may have moved (failover).
+    def shard_down(self, shard: Shard) -> None:
+        """On a cluster the slots of a dropped primary may have moved (failover)."""
+        if self.cluster:
+            self.request_refresh()
 
-        Rooms whose slot now lives elsewhere move to that primary's reader.
-        """
-        if not self.cluster or self._client is None:
+    def room_refused(self, shard: Shard, room: str) -> None:
+        if self._room_shard.get(room) is not shard:
+            return  # no longer wanted there
+        if not self.cluster:
+            self._move(room, shard)  # one Redis: nowhere else to go, subscribe again
             return
-        assert isinstance(self._client, RedisCluster)
-        with contextlib.suppress(*_CONNECTION_ERRORS):
-            await self._client.initialize()
-            await self._discover()
-        for room in list(shard.rooms):
-            target = self._shard_for(room)
-            if target is not None and target is not shard:
-                shard.rooms.discard(room)
-                self._room_shard[room] = target
-                task = asyncio.create_task(self._move(room, target))
-                self._moves.add(task)
-                task.add_done_callback(self._moves.discard)
+        previous = self._unplaced.get(room)
+        self._unplaced[room] = (shard, previous[1] if previous and previous[0] is shard else 0)
+        self.request_refresh()
 
-    async def _move(self, room: str, target: Shard) -> None:
-        with contextlib.suppress(BrokerUnavailable):
+    # -- cluster topology ----------------------------------------------------------------
+
+    def request_refresh(self) -> None:
+        """Refresh the slot map soon; concurrent requests share one refresh."""
+        if self._stopping:
+            return
+        self._refresh_wanted = True
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh_until_settled(),
+                                                  name="stockwire-cluster-refresh")
+
+    async def _refresh_until_settled(self) -> None:
+        """Refresh until the map is known and every given-back room has an owner.
+
+        A node that just lost a slot knows it before the rest of the cluster
+        does, so the first map read may still name it; retry with backoff.
+        """
+        attempt = 0
+        while not self._stopping and (self._refresh_wanted or self._unplaced or not self._topology_known):
+            self._refresh_wanted = False
+            if await self._refresh() and not self._unplaced and not self._refresh_wanted:
+                return
+            delay = min(self.reconnect_max, self.reconnect_min * 2**attempt)
+            attempt = min(attempt + 1, 16)
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def _refresh(self) -> bool:
+        """Read the slot map (CLUSTER SLOTS) and bring shards and rooms in line with it."""
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            return True
+        try:
+            await client.initialize()  # first use, or after redis-py reset itself
+            await client.nodes_manager.initialize()
+        except _REFRESH_ERRORS as exc:
+            log.warning("redis.cluster_unreachable", extra={"fields": {"error": str(exc)}})
+            return False
+        self._topology_known = True
+        self._sync_shards(client)
+        return True
+
+    def _sync_shards(self, client: RedisCluster) -> None:
+        """One shard per current primary; rooms of dead or former primaries move to their owner."""
+        primaries = {node.name: node for node in client.get_primaries()}
+        for name, node in primaries.items():
+            if name not in self._shards:
+                self._add_shard(name, _shard_client(node.host, node.port))
+        for shard in list(self._shards.values()):
+            # A live connection is never emptied on the map's word: a map read
+            # from a node that has not heard of a failover yet is stale, and a
+            # live primary tells us itself when a slot leaves (sunsubscribe).
+            if not shard.ready:
+                for room in list(shard.rooms):
+                    target = self._shard_for(room)
+                    if target is not None and target is not shard:
+                        shard.rooms.discard(room)
+                        self._move(room, target)
+            if shard.name not in primaries and not shard.rooms:
+                self._retire(shard)
+        for room, (refuser, refreshes) in list(self._unplaced.items()):
+            target = self._shard_for(room)
+            if target is None:
+                continue
+            if target is refuser and refreshes < 2:
+                self._unplaced[room] = (refuser, refreshes + 1)
+                continue
+            # Either a new owner, or the map keeps naming the same one: the slot
+            # may have come back, and if not, it will answer MOVED again.
+            del self._unplaced[room]
+            self._move(room, target)
+
+    def _retire(self, shard: Shard) -> None:
+        del self._shards[shard.name]
+        log.info("redis.shard_removed", extra={"fields": {"shard": shard.name}})
+        if self._on_shard_state is not None:
+            self._on_shard_state(shard.name, None)
+        self._spawn(shard.stop(), f"stockwire-shard-stop-{shard.name}")
+
+    def _move(self, room: str, target: Shard) -> None:
+        self._room_shard[room] = target
+        self._spawn(self._moved(room, target), f"stockwire-move-{room}")
+
+    async def _moved(self, room: str, target: Shard) -> None:
+        """Subscribe on the new owner, then reload: updates published in between were
+        delivered to nobody."""
+        try:
             await target.subscribe(room)
-            await self.resync({room})
+        except BrokerUnavailable:
+            return  # down: it reloads its rooms when it connects; refused: placed again
+        attempt = 0
+        while (not self._stopping and self._room_shard.get(room) is target and room in target.rooms
+               and target.ready):
+            try:
+                await self.resync({room})
+                return
+            except BrokerUnavailable:
+                delay = min(self.reconnect_max, self.reconnect_min * 2**attempt)
+                attempt = min(attempt + 1, 16)
+                await asyncio.sleep(random.uniform(0, delay))
