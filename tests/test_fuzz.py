@@ -105,13 +105,14 @@ valid_records = st.fixed_dictionaries(
     },
 )
 
+CLIENT_TYPES = ["resync", "ping", "auth", "pong", "RESYNC"]
 client_like = st.fixed_dictionaries(
-    {"t": st.sampled_from(["resync", "ping", "pong", "RESYNC"]) | values},
-    optional={"id": near_counts, "x": values},
+    {"t": st.sampled_from(CLIENT_TYPES) | values},
+    optional={"id": near_counts, "token": st.text(max_size=40) | values, "x": values},
 )
 hashable_t_client_like = st.fixed_dictionaries(
-    {"t": st.sampled_from(["resync", "ping", "pong", "RESYNC"]) | scalars},
-    optional={"id": near_counts, "x": values},
+    {"t": st.sampled_from(CLIENT_TYPES) | scalars},
+    optional={"id": near_counts, "token": st.text(max_size=40) | scalars, "x": values},
 )
 
 # -- contract checks -----------------------------------------------------------------
@@ -179,9 +180,17 @@ def decode_client_or_reason(data: bytes) -> ClientMessage | None:
     if reason:
         assert reason in CLIENT_REASONS
         return None
-    assert message.kind in ("resync", "ping")
+    assert message.kind in ("resync", "ping", "auth")
     assert message.id is None or is_count(message.id)
+    # A renewal always carries its token; nothing else does.
+    assert (message.token is not None) == (message.kind == "auth")
+    assert message.token is None or type(message.token) is str
     return message
+
+
+def expected_message(value: dict[str, Any]) -> ClientMessage:
+    token = value.get("token") if value["t"] == "auth" else None
+    return ClientMessage(value["t"], value.get("id"), token)
 
 
 # -- decode_record ---------------------------------------------------------------------
@@ -240,16 +249,19 @@ def test_decode_client_frame_rejects_all_text(text: str) -> None:
 def test_decode_client_frame_on_structures_with_hashable_type(value: Any) -> None:
     message = decode_client_or_reason(msgpack.packb(value))
     if message is not None:
-        assert message == ClientMessage(value["t"], value.get("id"))
+        assert message == expected_message(value)
 
 
 @FUZZ
 @given(client_like)
 @example({"t": []})
+@example({"t": "auth", "token": "abc"})
+@example({"t": "auth"})
+@example({"t": "auth", "token": 5})
 def test_decode_client_frame_on_client_like_maps(value: dict[str, Any]) -> None:
     message = decode_client_or_reason(msgpack.packb(value))
     if message is not None:
-        assert message == ClientMessage(value["t"], value.get("id"))
+        assert message == expected_message(value)
 
 
 # -- RoomState ----------------------------------------------------------------------------
