@@ -10,11 +10,15 @@ model's prediction for the same inputs next to each measurement.  Where the
 two agree the model's arithmetic is right; where they differ the JSON says by
 how much.
 
-Hops (per second, over the publishing window):
+Hops (per second, over the publishing window), each measured where it lands,
+never computed with the model's own formula:
 
-1. publisher → Redis: script calls confirmed ``ok`` (and ``cmdstat_evalsha`` per shard);
-2. Redis → gateway nodes: per shard, ``publishes * PUBSUB SHARDNUMSUB`` of each
-   room; per node, ``stockwire_updates_received_total``;
+1. publisher → Redis: script calls confirmed ``ok`` by the publisher, against
+   the *planned* rate; per shard, the ``SPUBLISH`` calls Redis counted
+   (``cmdstat_spublish``);
+2. Redis → gateway nodes: records the nodes received
+   (``stockwire_updates_received_total``); confirmed publishes times ``PUBSUB
+   SHARDNUMSUB`` is reported beside it as *derived*: the deliveries Redis owed;
 3. gateway → clients: per node, ``stockwire_frames_sent_total`` /
    ``stockwire_bytes_sent_total``, flushes (``stockwire_frames_encoded_total``),
    ``stockwire_updates_merged_total``;
@@ -35,11 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -47,33 +47,31 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from redis.crc import key_slot
 
-from gateway.protocol import channel, encode_frame, ws_binary_frame
-from loadtest.bench.procs import CLK_TCK, cpu_seconds, http_get, machine, metric_sum, raise_nofile
-from loadtest.bench.publisher import START_QTY, Resp, StockPublisher, open_resp
+from loadtest.bench.procs import (
+    CLK_TCK,
+    cpu_seconds,
+    machine,
+    raise_nofile,
+)
+from loadtest.bench.publisher import Resp, StockPublisher, open_resp
 from loadtest.bench.wsclient import Fleet
-from tests.conftest import JWT_SECRET, RedisClusterNodes, free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-
-#: Gateway counters read before and after the window (summed over label sets).
-COUNTERS = (
-    "stockwire_updates_received_total",
-    "stockwire_updates_merged_total",
-    "stockwire_updates_discarded_total",
-    "stockwire_frames_sent_total",
-    "stockwire_bytes_sent_total",
-    "stockwire_frames_encoded_total",
-    "stockwire_slow_client_skips_total",
-    "stockwire_client_closes_total",
-    "stockwire_messages_dropped_total",
+from loadtest.redisprocs import RedisClusterNodes
+from loadtest.scalemodel import BENCH_FRAMES_PER_CPU_S, compare, frame_bytes, predict
+from loadtest.scalenodes import (
+    COUNTERS,
+    Node,
+    pick_rooms,
+    process_cpu,
+    shard_numsub,
+    shard_stats,
+    slot_owners,
+    start_node,
 )
 
-#: From results/bench/fanout-20261125-104211.json (median of 3): frames written per
-#: gateway CPU-second, one room, 5,000 clients, 1 item per frame.  The model's CPU
-#: prediction divides frames/s by this.
-BENCH_FRAMES_PER_CPU_S = 106_540.6
+__all__ = ["BENCH_FRAMES_PER_CPU_S", "Config", "compare", "frame_bytes", "main", "predict"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -93,200 +91,6 @@ class Config:
     @classmethod
     def quick_config(cls, results: str = "results/scaling") -> Config:
         return cls(rooms=6, clients_per_room=10, rate=120.0, duration=3.0, quick=True, results=results)
-
-
-# -- pieces of the topology -----------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    """One ``stockwire serve`` subprocess."""
-
-    name: str
-    port: int
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-    def metrics(self) -> dict[str, float]:
-        status, body = http_get(f"http://127.0.0.1:{self.port}/metrics", 5.0)
-        text = body.decode() if status == 200 else ""
-        return {name: metric_sum(text, name) for name in COUNTERS}
-
-
-def start_node(name: str, workdir: Path, redis_url: str, interval: float) -> Node:
-    """``stockwire serve --workers 1`` against the cluster, abuse limits lifted.
-
-    The per-address cap and handshake rate limit protect a node on the
-    internet; thousands of clients from one loopback address would measure
-    those instead of fan-out.
-    """
-    port = free_port()
-    log = workdir / f"{name}.log"
-    args = [
-        str(Path(sys.executable).with_name("stockwire")), "serve", "--workers", "1",
-        "--host", "127.0.0.1", "--port", str(port), "--redis-url", redis_url, "--redis-cluster",
-        "--jwt-secret", JWT_SECRET, "--interval", str(interval), "--max-connections", "1000000",
-        "--max-connections-per-address", "1000000", "--handshake-rate", "1000000",
-        "--handshake-burst", "1000000", "--drain-window", "0", "--log-level", "warning",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKWIRE_")}
-    popen = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
-                             start_new_session=True)
-    node = Node(name, port, popen, log)
-    deadline = time.monotonic() + 30
-    while http_get(f"http://127.0.0.1:{port}/readyz", 0.5)[0] != 200:
-        if popen.poll() is not None or time.monotonic() > deadline:
-            node.stop()
-            raise RuntimeError(f"{name} did not become ready:\n{log.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.05)
-    return node
-
-
-def slot_owners(client: redis.Redis) -> list[tuple[int, int, int]]:
-    """(first slot, last slot, primary port) for every slot range of the cluster."""
-    return [(int(r[0]), int(r[1]), int(r[2][1])) for r in client.execute_command("CLUSTER", "SLOTS")]
-
-
-def shard_of(room: str, owners: list[tuple[int, int, int]]) -> int:
-    slot = key_slot(channel(room).encode())
-    for first, last, port in owners:
-        if first <= slot <= last:
-            return port
-    raise LookupError(f"no primary owns slot {slot}")
-
-
-def pick_rooms(count: int, ports: list[int], owners: list[tuple[int, int, int]]) -> dict[str, int]:
-    """Room → shard port, the same number of rooms on every shard.
-
-    Hash slots spread names unevenly over a handful of rooms; an equal split
-    keeps "every shard carried traffic" true in the quick run and makes
-    per-shard figures comparable.
-    """
-    quota = {port: count // len(ports) + (1 if i < count % len(ports) else 0) for i, port in enumerate(ports)}
-    rooms: dict[str, int] = {}
-    i = 0
-    while len(rooms) < count:
-        name = f"live-{i}"
-        port = shard_of(name, owners)
-        if quota[port] > 0:
-            quota[port] -= 1
-            rooms[name] = port
-        i += 1
-    return rooms
-
-
-def shard_numsub(client: redis.Redis, room: str) -> int:
-    """Subscribers of the room's channel on its shard: the gateway nodes holding its viewers."""
-    reply = client.execute_command("PUBSUB", "SHARDNUMSUB", channel(room))
-    return int(reply[1]) if len(reply) >= 2 else 0
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds of a process and its descendants (a ``serve`` may fork workers)."""
-    total = 0.0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(p)
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{tid}/children") as f:
-                    stack.extend(int(c) for c in f.read().split())
-    return total
-
-
-def shard_stats(client: redis.Redis) -> dict[str, float]:
-    """What one primary says it did: script calls, bytes out, CPU."""
-    stats = client.info("stats")
-    commands = client.info("commandstats")
-    cpu = client.info("cpu")
-    return {
-        "evalsha_calls": float(commands.get("cmdstat_evalsha", {}).get("calls", 0)),
-        "net_output_bytes": float(stats.get("total_net_output_bytes", 0)),
-        "cpu_s": float(cpu.get("used_cpu_user", 0)) + float(cpu.get("used_cpu_sys", 0)),
-    }
-
-
-# -- the model --------------------------------------------------------------------------------
-
-
-def frame_bytes(room: str, items: int, sku_len: int = 5) -> int:
-    """Bytes on the wire of one viewer ``update`` frame with ``items`` items (WebSocket header included).
-
-    Built with the gateway's own encoder, so the size follows the protocol
-    (viewer items carry exactly sku/qty/st/ver/ts) rather than a guess.
-    Values are sized like a real run's: a 10-digit quantity, a 6-digit
-    version, a millisecond timestamp, SKU names of ``sku_len`` characters.
-    """
-    now = int(time.time() * 1000)
-    body = [{"sku": f"{i:0{sku_len}d}", "qty": START_QTY - 100_000, "st": "ok", "ver": 100_000, "ts": now}
-            for i in range(items)]
-    return len(ws_binary_frame(encode_frame("update", room, 123_456, now, body)))
-
-
-def predict(*, rooms: dict[str, int], clients: dict[str, dict[str, int]], rate: float,
-            interval: float, skus: int, duration: float) -> dict[str, Any]:
-    """What the capacity model says for these inputs (totals over ``duration`` and per second).
-
-    - publishes into Redis = offered rate, spread evenly over rooms;
-    - Redis → gateways = each room's publishes * nodes holding viewers of it
-      (every such node subscribes once on the room's shard);
-    - flushes per room per node = min(room rate, 1/interval): the pacer sends
-      at once if the last flush is older than the interval, else at the
-      interval's end, so it never exceeds 1/interval and never merges when
-      updates are sparser than that;
-    - frames to clients = flushes * that node's viewers of the room;
-    - items per frame = room rate / flushes, capped at the room's SKU count
-      (more updates of one SKU within a flush are merged, not sent);
-    - bytes = frames * the encoded frame size for that many items;
-    - gateway CPU = frames / the benchmark's frames per CPU-second.
-    """
-    per_room = rate / len(rooms)
-    flushes = min(per_room, 1 / interval) if interval > 0 else per_room
-    items = min(per_room / flushes, skus) if flushes else 0.0
-    merged_per_flush = max(0.0, per_room / flushes - skus) if flushes else 0.0
-    shards: dict[str, dict[str, float]] = {}
-    nodes: dict[str, dict[str, float]] = {}
-    for room, port in rooms.items():
-        holders = [n for n, c in clients[room].items() if c > 0]
-        s = shards.setdefault(str(port), {"rooms": 0, "publishes_per_s": 0.0, "delivered_per_s": 0.0})
-        s["rooms"] += 1
-        s["publishes_per_s"] += per_room
-        s["delivered_per_s"] += per_room * len(holders)
-        whole = int(items)
-        low = frame_bytes(room, whole)
-        size = low + (items - whole) * (frame_bytes(room, whole + 1) - low)  # linear in items
-        for n in holders:
-            d = nodes.setdefault(n, {"updates_received_per_s": 0.0, "flushes_per_s": 0.0,
-                                     "frames_per_s": 0.0, "bytes_per_s": 0.0, "merged_per_s": 0.0})
-            d["updates_received_per_s"] += per_room
-            d["flushes_per_s"] += flushes
-            d["frames_per_s"] += flushes * clients[room][n]
-            d["bytes_per_s"] += flushes * clients[room][n] * size
-            d["merged_per_s"] += flushes * merged_per_flush
-    for d in nodes.values():
-        d["cpu_s"] = d["frames_per_s"] * duration / BENCH_FRAMES_PER_CPU_S
-    return {
-        "publishes_per_s": rate,
-        "redis_to_gateways_per_s": sum(s["delivered_per_s"] for s in shards.values()),
-        "frames_to_clients_per_s": sum(d["frames_per_s"] for d in nodes.values()),
-        "bytes_to_clients_per_s": sum(d["bytes_per_s"] for d in nodes.values()),
-        "items_per_frame": items,
-        "frame_bytes": {"1_item": frame_bytes(next(iter(rooms)), 1),
-                        "10_items": frame_bytes(next(iter(rooms)), 10)},
-        "per_shard": shards,
-        "per_node": nodes,
-    }
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -400,7 +204,9 @@ class Simulation:
         window = publish_seconds
 
         measured = self._measured(rooms, numsub, before, after, window, skipped, omem)
-        model = predict(rooms=rooms, clients=split, rate=measured["publishes_per_s"],
+        # The plan, not what was achieved: a load generator that falls short shows as
+        # a ratio below 1 on the first hop and every hop after it.
+        model = predict(rooms=rooms, clients=split, rate=cfg.rate,
                         interval=cfg.interval, skus=cfg.skus, duration=window)
         report = {
             "scenario": "scaling",
@@ -480,19 +286,23 @@ class Simulation:
         ok = {room: after["ok"][room] - before["ok"][room] for room in rooms}
         shards: dict[str, dict[str, float]] = {}
         for room, port in rooms.items():
-            s = shards.setdefault(str(port), {"rooms": 0, "publishes": 0, "delivered": 0})
+            s = shards.setdefault(str(port), {"rooms": 0, "publishes": 0, "subscribers": 0})
             s["rooms"] += 1
             s["publishes"] += ok[room]
-            s["delivered"] += ok[room] * numsub[room]
+            s["subscribers"] += numsub[room]
         for port, s in shards.items():
             b, a = before["shards"][port], after["shards"][port]
             s["evalsha_calls"] = a["evalsha_calls"] - b["evalsha_calls"]
+            s["spublish_calls"] = a["spublish_calls"] - b["spublish_calls"]
             # The rest are the gateways' own scripts: each node's viewer count per room every
             # stats interval (VIEWERS_SCRIPT) - Redis load that grows with rooms x nodes.
             s["gateway_scripts_per_s"] = round((s["evalsha_calls"] - s["publishes"]) / window, 1)
             s["net_output_bytes_per_s"] = round((a["net_output_bytes"] - b["net_output_bytes"]) / window, 1)
             s["publishes_per_s"] = round(s["publishes"] / window, 1)
-            s["delivered_per_s"] = round(s["delivered"] / window, 1)
+            s["spublish_per_s"] = round(s["spublish_calls"] / window, 1)
+            # Derived, not measured: what Redis owed the subscribers (Redis 7.0 counts
+            # no per-client output); the nodes' received count is the measurement.
+            s["owed_deliveries"] = sum(ok[r] * numsub[r] for r, q in rooms.items() if str(q) == port)
             s["cpu_s"] = round(after["cpu"][f"redis-{port}"] - before["cpu"][f"redis-{port}"], 3)
             s["peak_pubsub_omem_bytes"] = omem.get(port, 0)
         nodes: dict[str, dict[str, float]] = {}
@@ -530,9 +340,10 @@ class Simulation:
             "publishes": publishes,
             "publishes_per_s": round(publishes / window, 1),
             "skipped": skipped,
-            "redis_to_gateways_per_s": round(sum(s["delivered"] for s in shards.values()) / window, 1),
-            "gateway_updates_received_per_s": round(
-                sum(d["updates_received"] for d in nodes.values()) / window, 1),
+            # Measured where the hop lands: records the gateway nodes received.
+            "redis_to_gateways_per_s": round(sum(d["updates_received"] for d in nodes.values()) / window, 1),
+            "owed_deliveries_per_s": round(sum(s["owed_deliveries"] for s in shards.values()) / window, 1),
+            "spublish_per_s": round(sum(s["spublish_calls"] for s in shards.values()) / window, 1),
             "frames_to_clients_per_s": round(sum(d["frames_sent"] for d in nodes.values()) / window, 1),
             "bytes_to_clients_per_s": round(sum(d["bytes_sent"] for d in nodes.values()) / window, 1),
             "client_frames_received": client_frames,
@@ -549,34 +360,6 @@ class Simulation:
                       "loadgen": round(lg, 3)},
             "clk_tck": CLK_TCK,
         }
-
-
-def compare(measured: dict[str, Any], model: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Measured vs predicted for each hop, with the ratio (1.0 = the model was exact)."""
-    out: dict[str, dict[str, float]] = {}
-
-    def add(name: str, m: float, p: float) -> None:
-        out[name] = {"measured": round(m, 3), "model": round(p, 3), "ratio": round(m / p, 3) if p else 0.0}
-
-    add("publishes_per_s", measured["publishes_per_s"], model["publishes_per_s"])
-    add("redis_to_gateways_per_s", measured["redis_to_gateways_per_s"], model["redis_to_gateways_per_s"])
-    add("gateway_updates_received_per_s", measured["gateway_updates_received_per_s"],
-        model["redis_to_gateways_per_s"])
-    add("flushes_per_s", sum(d["flushes_per_s"] for d in measured["per_node"].values()),
-        sum(d["flushes_per_s"] for d in model["per_node"].values()))
-    add("frames_to_clients_per_s", measured["frames_to_clients_per_s"], model["frames_to_clients_per_s"])
-    add("client_frames_per_s", measured["client_frames_per_s"], model["frames_to_clients_per_s"])
-    add("bytes_to_clients_per_s", measured["bytes_to_clients_per_s"], model["bytes_to_clients_per_s"])
-    add("items_per_frame", measured["items_per_frame"], model["items_per_frame"])
-    add("merged_per_s", sum(d["merged_per_s"] for d in measured["per_node"].values()),
-        sum(d["merged_per_s"] for d in model["per_node"].values()))
-    add("gateway_cpu_s", measured["cpu_s"]["gateways"], sum(d["cpu_s"] for d in model["per_node"].values()))
-    for port, s in measured["per_shard"].items():
-        add(f"shard_{port}_delivered_per_s", s["delivered_per_s"],
-            model["per_shard"][port]["delivered_per_s"])
-    for name, d in measured["per_node"].items():
-        add(f"{name}_frames_per_s", d["frames_per_s"], model["per_node"][name]["frames_per_s"])
-    return out
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -20,14 +20,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
-    reason="redis-server/redis-cli not installed (scripts/ensure-redis.sh)",
-)
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    for tool in ("redis-server", "redis-cli"):
+        if shutil.which(tool) is None:  # a missing tool is a broken setup, not a reason to skip
+            pytest.fail(f"{tool} is not installed: run scripts/ensure-redis.sh")
     folder = tmp_path_factory.mktemp("scaling")
     done = subprocess.run(
         [sys.executable, "-m", "loadtest.scaling", "--quick", "--results", str(folder)],
@@ -42,8 +41,11 @@ def test_publisher_to_redis(report: dict[str, Any]) -> None:
     m = report["measured"]
     assert m["publishes"] > 0
     assert m["skipped"] == 0
-    # Every confirmed script call ran on the shard that owns the room.
+    # Every confirmed script call ran on the shard that owns the room, and published
+    # there exactly once: Redis's own count against the publisher's confirmations.
     assert sum(s["evalsha_calls"] for s in m["per_shard"].values()) >= m["publishes"]
+    for port, shard in m["per_shard"].items():
+        assert shard["spublish_calls"] == shard["publishes"], port
 
 
 def test_every_shard_carried_traffic_to_both_nodes(report: dict[str, Any]) -> None:
@@ -52,16 +54,18 @@ def test_every_shard_carried_traffic_to_both_nodes(report: dict[str, Any]) -> No
     for port, shard in m["per_shard"].items():
         assert shard["rooms"] > 0, port
         assert shard["publishes"] > 0, port
-        # Both nodes hold viewers of every room, so each publish reaches two subscribers.
-        assert shard["delivered"] == 2 * shard["publishes"], port
+    # Both nodes hold viewers of every room, so each room has two subscribers on its shard.
     assert set(report["topology"]["shardnumsub"].values()) == {2}
 
 
-def test_redis_deliveries_match_what_the_nodes_received(report: dict[str, Any]) -> None:
+def test_every_delivery_redis_owed_reached_a_node(report: dict[str, Any]) -> None:
+    """Measured at the nodes, against publishes x subscribers: nothing lost, nothing twice."""
     m = report["measured"]
-    delivered = sum(s["delivered"] for s in m["per_shard"].values())
+    owed = sum(s["owed_deliveries"] for s in m["per_shard"].values())
     received = sum(n["updates_received"] for n in m["per_node"].values())
-    assert received == delivered > 0
+    assert received == owed > 0
+    for node in m["per_node"].values():  # each node watches every room
+        assert node["updates_received"] == m["publishes"]
 
 
 def test_both_nodes_sent_frames_and_every_room_updated(report: dict[str, Any]) -> None:
@@ -88,7 +92,7 @@ def test_both_nodes_sent_frames_and_every_room_updated(report: dict[str, Any]) -
 
 def test_model_is_reported_next_to_every_hop(report: dict[str, Any]) -> None:
     comparison = report["comparison"]
-    for hop in ("publishes_per_s", "redis_to_gateways_per_s", "frames_to_clients_per_s",
+    for hop in ("publishes_per_s", "spublish_per_s", "redis_to_gateways_per_s", "frames_to_clients_per_s",
                 "bytes_to_clients_per_s", "client_frames_per_s", "gateway_cpu_s"):
         assert comparison[hop]["model"] > 0, hop
         assert comparison[hop]["measured"] > 0, hop
