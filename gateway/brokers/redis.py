@@ -110,8 +110,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-
-
 def _shard_client(host: str, port: int) -> aioredis.Redis:
     """A pub/sub client for one primary, failing fast like :func:`connect`'s."""
     return aioredis.Redis(host=host, port=port, retry=Retry(NoBackoff(), 0),
