@@ -201,7 +201,8 @@ def build_broker(settings: Settings, metrics: Metrics) -> Broker:
         return MemoryBroker()
     return RedisBroker(settings.redis_url, cluster=settings.redis_cluster,
                        reconnect_max=settings.redis_reconnect_max,
-                       on_reconnect=metrics.redis_reconnects.inc)
+                       on_reconnect=metrics.redis_reconnects.inc,
+                       on_shard_state=metrics.shard_state)
 
 
 def build_authenticator(settings: Settings) -> Authenticator:

@@ -509,7 +509,8 @@ async def test_http_endpoints(gateway: Gateway) -> None:
     assert status == 200
     for name in ("stockwire_connections{audience=\"viewer\"} 1.0", "stockwire_frames_sent_total",
                  "stockwire_updates_received_total", "stockwire_flush_seconds",
-                 "stockwire_redis_reconnects_total", "stockwire_publish_to_send_seconds_bucket"):
+                 "stockwire_redis_reconnects_total", "stockwire_publish_to_send_seconds_bucket",
+                 "stockwire_redis_shard_up{shard="):
         assert name in body
     assert (await http_get(base + "/nope"))[0] == 404
 
