@@ -1,8 +1,8 @@
 """The websockets adapter: admission, HTTP endpoints, and one connection's life.
 
-Frames reach clients through :class:`WsClient`, which appends pre-built frame
-bytes straight to the transport: the hub builds each frame once per room and
-audience, and every client gets the same bytes object.
+Frames reach clients through :class:`gateway.connection.WsClient`, which
+appends pre-built frame bytes straight to the transport: the hub builds each
+frame once per room and audience, and every client gets the same bytes object.
 
 Admission happens in ``process_request``, before the WebSocket upgrade, so a
 refused handshake (bad token, node full, rate limited) costs one small HTTP
@@ -18,26 +18,22 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client import Counter as MetricCounter
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import Event, State
 
 from gateway.alerts import Thresholds
 from gateway.auth import Authenticator, AuthError, Grant, authorize
 from gateway.brokers.base import Broker
 from gateway.brokers.memory import MemoryBroker
 from gateway.brokers.redis import RedisBroker
+from gateway.connection import PING_FRAME, Admission, StockwireConnection, WsClient, write_cap
 from gateway.hub import Hub, HubConfig
 from gateway.keepalive import Keepalive
 from gateway.limits import AddressBuckets, ConnectionCounts, TokenBucket, forwarded_client, origin_allowed
@@ -46,7 +42,6 @@ from gateway.pages import page_response
 from gateway.protocol import (
     AUDIENCES,
     MAX_CLIENT_FRAME,
-    Audience,
     BadMessage,
     CloseCode,
     decode_client_frame,
@@ -56,11 +51,7 @@ from gateway.protocol import (
 from gateway.settings import Settings
 
 log = logging.getLogger("stockwire.server")
-OPEN = State.OPEN
-
 WS_PREFIX = "/ws/"
-#: An unmasked, empty WebSocket ping (RFC 6455 §5.5.2): built once, written as is.
-PING_FRAME = b"\x89\x00"
 
 
 #: Request headers that must appear at most once; a second copy is ambiguous
@@ -68,132 +59,6 @@ PING_FRAME = b"\x89\x00"
 SINGLE_HEADERS = ("Origin", "Authorization")
 #: Close codes websockets sends by itself, and the reason they are counted under.
 PROTOCOL_CLOSES = {1002: "protocol_error", 1007: "invalid_utf8", CloseCode.MESSAGE_TOO_BIG: "too_big"}
-
-
-def write_cap(send_buffer_limit: int) -> int:
-    """Bytes of websockets' own replies a peer may leave unread before it is cut off.
-
-    Well above the slow-client bound, which frames respect and replies do not:
-    an honest client never gets near it, since the gateway writes replies only
-    to what the client sends, and that is rate limited.
-    """
-    return max(4 * send_buffer_limit, 1 << 20)
-
-
-@dataclass(slots=True)
-class Admission:
-    """What the handshake decided, kept on the connection until it is gone.
-
-    The connection slot is taken at the handshake, not when the handler
-    starts, so concurrent handshakes from one address cannot all pass the
-    per-address cap; it is released when the TCP connection goes, whether or
-    not the upgrade ever happened.
-    """
-
-    address: str
-    grant: Grant | None
-    counts: ConnectionCounts
-    held: bool = True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.counts.remove(self.address)
-
-
-class StockwireConnection(ServerConnection):
-    """A server connection that enforces the limits websockets' automatic replies bypass.
-
-    It notes when the peer last sent anything (for :mod:`gateway.keepalive`)
-    and carries its :class:`Admission`.  WebSocket pings count against the
-    client's message rate like data frames do, and a peer that makes the
-    gateway queue more than ``write_cap`` bytes of pongs without reading them
-    is cut off: otherwise a client that floods pings and never reads grows
-    the gateway's memory without bound.
-    """
-
-    last_rx = 0.0
-
-    def __init__(self, *args: Any, message_rate: float, message_burst: int, write_cap: int,
-                 closes: MetricCounter, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.admission: Admission | None = None
-        self.messages = TokenBucket(message_rate, message_burst, time.monotonic())
-        self.write_cap = write_cap
-        self._closes = closes
-        self._refused: asyncio.Task[None] | None = None
-
-    def data_received(self, data: bytes) -> None:
-        self.last_rx = self.loop.time()
-        transport = self.transport
-        queued = transport.get_write_buffer_size()
-        super().data_received(data)
-        # Only websockets' own replies are written from here, never frames.
-        after = transport.get_write_buffer_size()
-        if after > self.write_cap and after > queued and not transport.is_closing():
-            self._closes.labels("control_flood").inc()
-            transport.abort()
-
-    def process_event(self, event: Event) -> None:
-        if (isinstance(event, Frame) and event.opcode is Opcode.PING and self.protocol.state is OPEN
-                and not self.messages.take(time.monotonic())):
-            self.refuse("too_many_messages", CloseCode.TOO_MANY_MESSAGES, "too many messages")
-        super().process_event(event)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self.admission is not None:
-            self.admission.release()
-
-    def refuse(self, reason: str, code: int, text: str) -> asyncio.Task[None]:
-        """Close for breaking a limit; counted once, however often the limit is broken."""
-        if self._refused is None:
-            self._closes.labels(reason).inc()
-            self._refused = self.loop.create_task(self.close(code, text))
-        return self._refused
-
-
-class WsClient:
-    """One connected screen, as the hub sees it."""
-
-    __slots__ = ("_closing", "_protocol", "audience", "lagging_since", "pinged_at", "room", "transport", "ws")
-
-    def __init__(self, ws: ServerConnection, room: str, audience: Audience) -> None:
-        self.ws = ws
-        self.transport = ws.transport
-        self._protocol = ws.protocol
-        self.room = room
-        self.audience: Audience = audience
-        self.lagging_since: float | None = None
-        self.pinged_at = 0.0
-        self._closing: asyncio.Task[None] | None = None
-
-    @property
-    def last_rx(self) -> float:
-        return getattr(self.ws, "last_rx", 0.0)
-
-    def write(self, frame: bytes) -> None:
-        if self._protocol.state is OPEN:  # no data after our close frame
-            self.transport.write(frame)
-
-    def offer(self, frame: bytes, limit: int) -> bool:
-        transport = self.transport
-        if transport.get_write_buffer_size() > limit:
-            return False
-        if self._protocol.state is OPEN:
-            transport.write(frame)
-        return True
-
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size()
-
-    @property
-    def closing(self) -> bool:
-        return self._closing is not None
-
-    def close(self, code: int, reason: str) -> None:
-        if self._closing is None:
-            self._closing = asyncio.create_task(self.ws.close(code, reason))
 
 
 def build_broker(settings: Settings, metrics: Metrics) -> Broker:

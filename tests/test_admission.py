@@ -16,8 +16,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from gateway.connection import StockwireConnection
 from gateway.protocol import CloseCode
-from gateway.server import Gateway, StockwireConnection
+from gateway.server import Gateway
 from tests.conftest import gateway_settings, token
 from tests.screens import Screen
 
