@@ -6,6 +6,10 @@ uses them too); they are re-exported here for the tests.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +21,30 @@ from gateway.settings import Settings
 from loadtest.redisprocs import RedisClusterNodes, RedisServer, cluster_port, free_port
 
 __all__ = ["RedisClusterNodes", "RedisServer", "cluster_port", "free_port"]
+
+
+def _dump_tasks(name: str) -> None:
+    """Print what every task of every running event loop is waiting on."""
+    print(f"\n--- {name} is close to its timeout; its tasks: ---", file=sys.stderr)
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.AbstractEventLoop) and obj.is_running():
+            for task in list(asyncio.all_tasks(obj)):
+                task.print_stack(limit=6, file=sys.stderr)
+    sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def _report_hangs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that hangs says where: shortly before pytest-timeout fails it, every
+    task's stack goes to stderr (the timeout's own traceback shows only the
+    event loop waiting in select)."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout"))
+    timer = threading.Timer(max(1.0, limit - 5), _dump_tasks, (request.node.nodeid,))
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
 
 
 @pytest.fixture(scope="session")
