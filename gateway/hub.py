@@ -135,6 +135,7 @@ class Hub:
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopped = False
         self._stats: asyncio.Task[None] | None = None
         m = self.metrics
         self._sent = {k: m.frames_sent.labels(k) for k in ("update", "snapshot")}
@@ -153,6 +154,7 @@ class Hub:
         self._stats = asyncio.create_task(self._stats_forever(), name="stockwire-stats")
 
     async def stop(self) -> None:
+        self._stopped = True  # loaders end even if a cancellation is lost in the broker
         for task in [self._sweeper, self._stats, *self._tasks, *self._unsubscribing.values()]:
             if task is not None:
                 task.cancel()
@@ -209,7 +211,7 @@ class Hub:
             self._send_snapshot(room, client)
 
     def _live(self, room: Room) -> bool:
-        return self.rooms.get(room.name) is room
+        return not self._stopped and self.rooms.get(room.name) is room
 
     def _expire(self, room: Room) -> None:
         room.grace = None

@@ -52,6 +52,8 @@ from gateway.settings import Settings
 
 log = logging.getLogger("stockwire.server")
 WS_PREFIX = "/ws/"
+#: Seconds a closing handshake may take before the connection is dropped.
+CLOSE_TIMEOUT = 2.0
 
 
 #: Request headers that must appear at most once; a second copy is ambiguous
@@ -153,7 +155,7 @@ class Gateway:
             create_connection=connection,  # type: ignore[arg-type]
             ping_interval=None,  # gateway.keepalive pings, spread evenly over the interval
             ping_timeout=None,
-            close_timeout=2,
+            close_timeout=CLOSE_TIMEOUT,
             server_header="stockwire",
             reuse_port=self.reuse_port or None,
             backlog=s.backlog,
@@ -188,7 +190,15 @@ class Gateway:
             # A drain already closed the listener, which makes this a no-op;
             # otherwise it also closes connections not yet in the handler.
             self.server.close(close_connections=True)
-            await self.server.wait_closed()
+            # Closing handshakes take at most close_timeout; a peer that holds its
+            # TCP connection open past that is cut off rather than waited for.
+            try:
+                await asyncio.wait_for(asyncio.shield(self.server.wait_closed()), CLOSE_TIMEOUT + 3)
+            except TimeoutError:
+                left = list(self.server.connections)
+                log.warning("gateway.stop_slow", extra={"fields": {"connections": len(left)}})
+                for connection in left:
+                    connection.transport.abort()
         await self.hub.stop()
 
     async def drain(self, window: float | None = None) -> None:

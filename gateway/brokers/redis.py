@@ -163,6 +163,10 @@ class RedisBroker(Broker):
         self._stopping = False
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def ready(self) -> bool:
         """Single Redis: its subscription is up.  Cluster: the slot map is known and
         at least one primary's subscription is up (see the module docstring)."""

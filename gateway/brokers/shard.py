@@ -34,12 +34,16 @@ from gateway.protocol import channel, room_of_channel
 log = logging.getLogger("stockwire.redis")
 
 CONNECTION_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+#: Longest wait for a shard's tasks to end when the broker stops.
+STOP_TIMEOUT = 3.0
 
 
 class ShardOwner(Protocol):
     """What a shard needs from its broker (the Redis broker implements it)."""
 
     handler: BrokerHandler | None
+    #: True once the broker is stopping: loops end even if a cancellation was lost.
+    stopping: bool
     reconnect_min: float
     reconnect_max: float
     ping_interval: float
@@ -99,11 +103,17 @@ class Shard:
         self._task = asyncio.create_task(self._run(), name=f"stockwire-shard-{self.name}")
 
     async def stop(self) -> None:
-        for task in (self._task, self._resync_task):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        current = asyncio.current_task()
+        tasks = {t for t in (self._task, self._resync_task) if t is not None and t is not current}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: a cancellation lost inside a library (one that turns it into a
+            # timeout, say) must not keep the gateway from stopping; the loops also
+            # check ``owner.stopping`` and end by themselves.
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            if pending:
+                log.warning("redis.stop_slow", extra={"fields": {"shard": self.name}})
         await self._close_pubsub()
         with contextlib.suppress(Exception):
             await self.client.aclose()
@@ -149,7 +159,7 @@ class Shard:
     async def _run(self) -> None:
         attempt = 0
         connected_once = False
-        while True:
+        while not self.owner.stopping:
             try:
                 try:
                     await self._connect()
@@ -169,6 +179,8 @@ class Shard:
                     fields = {"shard": self.name, "error": repr(exc)}
                     log.debug("redis.connect_failed", extra={"fields": fields})
             self._lost()
+            if self.owner.stopping:
+                return
             await self._close_pubsub()
             # Pooled command connections died with this one; drop them so the
             # reload after reconnecting starts fresh.

@@ -232,3 +232,49 @@ async def test_shard_health_reaches_the_metrics(redis_url: str) -> None:
         assert f'stockwire_redis_shard_up{{shard="{name}"}} 1.0' in text
     finally:
         await broker.stop()
+
+
+async def test_stop_is_bounded_when_a_shard_task_ignores_its_cancellation(redis_url: str) -> None:
+    """A cancellation lost inside a library (turned into a timeout, say) must not
+    keep the gateway from stopping: the broker gives up waiting on that task."""
+    from gateway.brokers import shard as shard_module
+
+    broker = RedisBroker(redis_url)
+    rec = Recorder()
+    await broker.start(rec)
+    await rec.until(lambda: broker.ready)
+    (shard,) = broker._shards.values()
+    stopped = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not stopped.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1)
+
+    shard._resync_task = asyncio.create_task(stubborn())
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(broker.stop(), shard_module.STOP_TIMEOUT + 5)
+        assert time.monotonic() - started >= shard_module.STOP_TIMEOUT * 0.9
+        assert shard._task is not None
+        assert shard._task.done()  # the reader itself did end
+    finally:
+        stopped.set()
+        await shard._resync_task
+
+
+async def test_a_shard_loop_ends_once_the_broker_is_stopping(redis_url: str) -> None:
+    """The reader's loop checks the broker's flag, so it ends even if it only ever
+    sees connection errors and never its cancellation."""
+    broker = RedisBroker(redis_url)
+    rec = Recorder()
+    await broker.start(rec)
+    await rec.until(lambda: broker.ready)
+    (shard,) = broker._shards.values()
+    broker._stopping = True
+    assert shard._pubsub is not None
+    await shard._pubsub.connection.disconnect()  # the reader sees a connection error
+    assert shard._task is not None
+    await asyncio.wait_for(asyncio.shield(shard._task), 5)
+    assert not shard.ready
+    await broker.stop()
