@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 from redis.crc import key_slot
@@ -42,16 +43,19 @@ def _binary(name: str) -> str:
 class RedisServer:
     """A redis-server of our own that a caller may stop and start again."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: tuple[str, ...] = (),
+                 password: str | None = None) -> None:
         self.binary = _binary("redis-server")
         self.workdir = workdir
         self.port = port or free_port()
-        self.extra = extra
+        self.password = password
+        self.extra = (*extra, "--requirepass", password) if password else extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def name(self) -> str:
@@ -67,7 +71,7 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2).ping()
                 return
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -82,7 +86,7 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A blocking client that gives up after 5 s: a hung node fails the caller, not the run."""
-        return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=2)
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=5, socket_connect_timeout=2)
 
 
 def cluster_port() -> int:

@@ -107,6 +107,7 @@ class Ticker:
         self.rooms = rooms
         self.confirmed: dict[str, int] = {}
         self.failures = 0
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Ticker:
@@ -115,6 +116,9 @@ class Ticker:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
+        # A flag, not only a cancellation: on Python 3.11 a cancellation that lands
+        # as a timed call completes can be lost, and the loop would go on forever.
+        self._stopping = True
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -122,11 +126,12 @@ class Ticker:
     async def _run(self) -> None:
         value = 0
         async with Publisher(self.url, cluster=True) as pub:
-            while True:
+            while not self._stopping:
                 for room in self.rooms:
                     value += 1
                     try:
-                        await asyncio.wait_for(pub.set(room, "n", value), 2)
+                        async with asyncio.timeout(2):
+                            await pub.set(room, "n", value)
                         self.confirmed[room] = value
                     except Exception:  # a shard down or a slot moving: the stock service retries later
                         self.failures += 1

@@ -32,7 +32,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 
 from gateway.brokers.base import Broker, BrokerHandler, BrokerUnavailable
-from gateway.brokers.shard import CONNECTION_ERRORS, Shard
+from gateway.brokers.resp import Endpoint
+from gateway.brokers.shard import CONNECTION_ERRORS, STOP_TIMEOUT, Shard
 from gateway.protocol import Stored, channel, epoch_key, stock_key, viewers_key
 from gateway.stock import LUA_SCRIPT, OpResult, Status, StockOp
 
@@ -110,12 +111,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _shard_client(host: str, port: int) -> aioredis.Redis:
-    """A pub/sub client for one primary, failing fast like :func:`connect`'s."""
-    return aioredis.Redis(host=host, port=port, retry=Retry(NoBackoff(), 0),
-                          socket_connect_timeout=2.0, socket_keepalive=True)
-
-
 class RedisBroker(Broker):
     """Rooms over sharded pub/sub; ``cluster=True`` spreads them over a Redis Cluster.
 
@@ -139,6 +134,9 @@ class RedisBroker(Broker):
         on_shard_state: Callable[[str, bool | None], None] | None = None,
     ) -> None:
         self.url = url
+        #: Where pub/sub connections go: this node (single Redis), or with these
+        #: credentials at each primary (cluster).
+        self._endpoint = Endpoint.from_url(url)
         self.cluster = cluster
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
@@ -189,10 +187,7 @@ class RedisBroker(Broker):
         self._load = self._client.register_script(LOAD_SCRIPT)
         self._viewers = self._client.register_script(VIEWERS_SCRIPT)
         if not self.cluster:
-            client = connect(self.url)
-            assert isinstance(client, aioredis.Redis)
-            kwargs = client.connection_pool.connection_kwargs
-            self._add_shard(f"{kwargs.get('host', 'redis')}:{kwargs.get('port', '')}".rstrip(":"), client)
+            self._add_shard(self._endpoint.name, self._endpoint)
         elif not await self._refresh():
             self.request_refresh()  # keep trying: without a slot map the node is never ready
 
@@ -201,7 +196,8 @@ class RedisBroker(Broker):
         tasks = [t for t in (self._refresher, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
         for shard in list(self._shards.values()):
             await shard.stop()
         self._shards.clear()
@@ -213,8 +209,8 @@ class RedisBroker(Broker):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _add_shard(self, name: str, client: aioredis.Redis) -> Shard:
-        shard = self._shards[name] = Shard(self, name, client)
+    def _add_shard(self, name: str, endpoint: Endpoint) -> Shard:
+        shard = self._shards[name] = Shard(self, name, endpoint)
         self.health_changed(shard)
         shard.start()
         return shard
@@ -375,7 +371,7 @@ class RedisBroker(Broker):
         primaries = {node.name: node for node in client.get_primaries()}
         for name, node in primaries.items():
             if name not in self._shards:
-                self._add_shard(name, _shard_client(node.host, node.port))
+                self._add_shard(name, self._endpoint.at(node.host, node.port))
         for shard in list(self._shards.values()):
             # A live connection is never emptied on the map's word: a map read
             # from a node that has not heard of a failover yet is stale, and a

@@ -1,8 +1,9 @@
 """One sharded pub/sub connection: the rooms of one Redis primary.
 
-A single Redis is one shard; a Redis Cluster has one per primary.  The shard's
-reader owns its reconnection: redis-py's own retries are off so a dropped
-connection surfaces here, where it matters.  After a reconnect the shard's
+A single Redis is one shard; a Redis Cluster has one per primary.  The shard
+owns its reconnection, on a connection of its own (:mod:`gateway.brokers.resp`:
+hiredis straight to the hub, with no client library's per-message work in
+between), so a dropped connection surfaces here, where it matters.  After a reconnect the shard's
 rooms are subscribed again *and then* reloaded from their stored records, or
 updates published while we were away would be lost.
 
@@ -20,15 +21,14 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Collection
-from typing import Any, Protocol
+from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis.crc import key_slot
-from redis.exceptions import MovedError, RedisError
+from redis.exceptions import RedisError
 
 from gateway.brokers.base import BrokerHandler, BrokerUnavailable
+from gateway.brokers.resp import Endpoint, PubSubConnection, Push
 from gateway.protocol import channel, room_of_channel
 
 log = logging.getLogger("stockwire.redis")
@@ -73,18 +73,19 @@ def _text(value: bytes | str) -> str:
 class Shard:
     """One pub/sub connection and the rooms whose channels it carries."""
 
-    def __init__(self, owner: ShardOwner, name: str, client: aioredis.Redis) -> None:
+    def __init__(self, owner: ShardOwner, name: str, endpoint: Endpoint) -> None:
         self.owner = owner
         self.name = name
-        self.client = client
+        self.endpoint = endpoint
         self.rooms: set[str] = set()
         self._ready = False
-        self._pubsub: Any = None
+        self._conn: PubSubConnection | None = None
+        #: Channel name (as Redis sends it) -> room: the hot path skips the parsing.
+        self._room_of: dict[bytes, str] = {}
         self._confirm: dict[str, asyncio.Future[None]] = {}
         #: SUNSUBSCRIBEs we sent whose reply has not arrived: those replies are
         #: ours, any other ``sunsubscribe`` is Redis taking the channel away.
         self._leaving: dict[str, int] = {}
-        self._last_seen = 0.0
         #: Set once the first connection attempt is over, either way.
         self._attempted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -114,9 +115,7 @@ class Shard:
             _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
             if pending:
                 log.warning("redis.stop_slow", extra={"fields": {"shard": self.name}})
-        await self._close_pubsub()
-        with contextlib.suppress(Exception):
-            await self.client.aclose()
+        self._close_connection()
         self._ready = False
 
     async def subscribe(self, room: str) -> None:
@@ -125,22 +124,22 @@ class Shard:
         Raises :class:`BrokerUnavailable` while the shard is down; the room is
         remembered, subscribed on reconnect and reloaded then (``resync``).
         """
-        if self._pubsub is None and not self._attempted.is_set():
+        if self._conn is None and not self._attempted.is_set():
             # A shard that is still connecting (just started, or a new primary)
             # is not a shard that is down: wait for its first attempt.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._attempted.wait(), self.owner.subscribe_timeout)
         self.rooms.add(room)
-        pubsub = self._pubsub
-        if pubsub is None:
+        conn = self._conn
+        if conn is None:
             raise BrokerUnavailable("redis is unreachable")
         name = channel(room)
         future = self._confirm.get(name)
         if future is None:
             future = self._confirm[name] = asyncio.get_running_loop().create_future()
             try:
-                await pubsub.ssubscribe(name)
-            except CONNECTION_ERRORS as exc:
+                conn.send("SSUBSCRIBE", name)
+            except ConnectionError as exc:
                 raise BrokerUnavailable(str(exc)) from exc
         try:
             await asyncio.wait_for(asyncio.shield(future), self.owner.subscribe_timeout)
@@ -151,10 +150,10 @@ class Shard:
         self.rooms.discard(room)
         name = channel(room)
         self._confirm.pop(name, None)
-        if self._pubsub is not None:
+        if self._conn is not None:
             self._leaving[name] = self._leaving.get(name, 0) + 1
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await self._pubsub.sunsubscribe(name)
+            with contextlib.suppress(ConnectionError):
+                self._conn.send("SUNSUBSCRIBE", name)
 
     async def _run(self) -> None:
         attempt = 0
@@ -179,13 +178,11 @@ class Shard:
                     fields = {"shard": self.name, "error": repr(exc)}
                     log.debug("redis.connect_failed", extra={"fields": fields})
             self._lost()
+            self._close_connection()
             if self.owner.stopping:
                 return
-            await self._close_pubsub()
-            # Pooled command connections died with this one; drop them so the
-            # reload after reconnecting starts fresh.
-            with contextlib.suppress(Exception):
-                await self.client.connection_pool.disconnect()
+            # Pooled command connections most likely died with this one; drop
+            # them so the reload after reconnecting starts fresh.
             await self.owner.reset_commands(self)
             self.owner.shard_down(self)
             # Exponential backoff with full jitter: a fleet of gateways that
@@ -195,16 +192,15 @@ class Shard:
             await asyncio.sleep(random.uniform(0, delay))
 
     async def _connect(self) -> None:
-        pubsub = self.client.pubsub()
-        await pubsub.ping()  # connects, or raises while Redis is down
-        self._pubsub = pubsub
-        self._last_seen = time.monotonic()
+        # Connects, authenticates and pings, or raises while Redis is down.
+        conn = await PubSubConnection.open(self.endpoint, self._on_push, self._on_error)
+        self._conn = conn
         self._leaving = {}
         rooms = list(self.rooms)
         loop = asyncio.get_running_loop()
         self._confirm = {channel(room): loop.create_future() for room in rooms}
         for name in list(self._confirm):  # one per command: SSUBSCRIBE refuses channels of different slots
-            await pubsub.ssubscribe(name)
+            conn.send("SSUBSCRIBE", name)
         self._resync_task = asyncio.create_task(self._resync(rooms, list(self._confirm.values())))
 
     async def _resync(self, rooms: list[str], confirmations: list[asyncio.Future[None]]) -> None:
@@ -228,40 +224,45 @@ class Shard:
             # A reload failed: start the whole cycle again rather than serve
             # rooms whose snapshot we could not read.
             log.warning("redis.resync_failed", extra={"fields": {"shard": self.name}})
-            if self._pubsub is not None and self._pubsub.connection is not None:
-                with contextlib.suppress(Exception):
-                    await self._pubsub.connection.disconnect()
+            self._close_connection()
 
     async def _read(self) -> None:
-        pubsub = self._pubsub
-        handler = self.owner.handler
-        assert pubsub is not None
-        assert handler is not None
-        watchdog = asyncio.create_task(self._watchdog(pubsub))
+        """Wait while the connection lasts; its pushes are dispatched as they arrive."""
+        conn = self._conn
+        assert conn is not None
+        watchdog = asyncio.create_task(self._watchdog(conn))
         try:
-            while True:
-                try:
-                    message = await pubsub.get_message(timeout=None)
-                except MovedError as exc:  # an SSUBSCRIBE of ours went to the wrong primary
-                    self._last_seen = time.monotonic()
-                    self._refused_slot(exc.slot_id)
-                    continue
-                if message is None:
-                    continue
-                self._last_seen = time.monotonic()
-                kind = message["type"]
-                if kind == "smessage":
-                    room = room_of_channel(message["channel"])
-                    if room is not None:
-                        handler.on_message(room, message["data"])
-                elif kind == "ssubscribe":
-                    future = self._confirm.get(_text(message["channel"]))
-                    if future is not None and not future.done():
-                        future.set_result(None)
-                elif kind == "sunsubscribe":
-                    self._unsubscribed(message["channel"])
+            await conn.wait_closed()
         finally:
             watchdog.cancel()
+
+    def _on_push(self, push: Push) -> None:
+        """One message from Redis: the hot path is the first branch."""
+        kind = push[0]
+        if kind == b"smessage":
+            room = self._room_of.get(push[1])
+            if room is None:
+                room = room_of_channel(push[1])
+                if room is None:
+                    return
+                self._room_of[push[1]] = room
+            handler = self.owner.handler
+            if handler is not None:
+                handler.on_message(room, push[2])
+        elif kind == b"ssubscribe":
+            future = self._confirm.get(_text(push[1]))
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif kind == b"sunsubscribe":
+            self._unsubscribed(push[1])
+
+    def _on_error(self, error: Exception) -> None:
+        """An error reply: ``MOVED <slot> <host:port>`` for an SSUBSCRIBE sent to the wrong primary."""
+        words = str(error).split()
+        if len(words) >= 2 and words[0] == "MOVED" and words[1].isdigit():
+            self._refused_slot(int(words[1]))
+        else:
+            log.warning("redis.error_reply", extra={"fields": {"shard": self.name, "error": str(error)}})
 
     def _unsubscribed(self, raw: bytes | str) -> None:
         """A ``sunsubscribe``: the reply to ours, or Redis dropping a moved slot's channel."""
@@ -293,23 +294,24 @@ class Shard:
         if future is not None and not future.done():
             future.set_exception(BrokerUnavailable("the room's slot moved to another shard"))
             future.exception()  # mark retrieved; waiters re-raise their own
-        if self._pubsub is not None:
-            # Forget it locally too, so a reconnect of this pubsub would not resubscribe it.
-            self._pubsub.shard_channels.pop(name.encode(), None)
         self.owner.room_refused(self, room)
 
-    async def _watchdog(self, pubsub: Any) -> None:
+    async def _watchdog(self, conn: PubSubConnection) -> None:
         """Ping through the pub/sub connection; a silent connection is a dead one."""
         interval = self.owner.ping_interval
+        seen, quiet = conn.received, 0
         while True:
             await asyncio.sleep(interval)
-            if time.monotonic() - self._last_seen > 3 * interval:
-                log.warning("redis.silent", extra={"fields": {"shard": self.name}})
-                with contextlib.suppress(Exception):
-                    await pubsub.connection.disconnect()
-                return
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await pubsub.ping()
+            if conn.received == seen:
+                quiet += 1
+                if quiet >= 3:
+                    log.warning("redis.silent", extra={"fields": {"shard": self.name}})
+                    conn.close()
+                    return
+            else:
+                seen, quiet = conn.received, 0
+            with contextlib.suppress(ConnectionError):
+                conn.send("PING")
 
     def _lost(self) -> None:
         was_ready = self._ready
@@ -324,8 +326,7 @@ class Shard:
         if was_ready:
             self.owner.shard_lost(self)
 
-    async def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
