@@ -36,6 +36,7 @@ from gateway.protocol import (
     ws_binary_frame,
 )
 from gateway.room import Epoch, Held, Outcome, RoomState
+from gateway.throttle import Throttle
 
 log = logging.getLogger("stockwire.hub")
 
@@ -82,6 +83,9 @@ class HubConfig:
     #: (doubling from the first to the cap, jittered).
     load_retry_min: float = 0.1
     load_retry_max: float = 5.0
+    #: Most the intervals may be stretched while this process is behind on
+    #: reading Redis (``gateway.throttle``); 1 turns stretching off.
+    max_stretch: float = 1.0
 
 
 class Room:
@@ -141,6 +145,7 @@ class Hub:
         self._sent = {k: m.frames_sent.labels(k) for k in ("update", "snapshot")}
         self._bytes = {k: m.bytes_sent.labels(k) for k in ("update", "snapshot")}
         self._encoded = {k: m.frames_encoded.labels(k) for k in ("update", "snapshot")}
+        self.throttle = Throttle(self.config.interval, self.config.max_stretch)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -182,6 +187,7 @@ class Hub:
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name, self.config)
+            room.pacer.stretch = self.throttle.stretch
             self.metrics.rooms.set(len(self.rooms))
             self._start_loader(room)
         if room.grace is not None:
@@ -343,7 +349,9 @@ class Hub:
         if record is None:
             return
         self.metrics.updates_received.inc()
-        self.metrics.publish_to_receive.observe(max(0, self._wall_ms() - record.ts) / 1000)
+        age = max(0, self._wall_ms() - record.ts) / 1000
+        self.metrics.publish_to_receive.observe(age)
+        self.throttle.observe(age)
         if room.held is not None:
             if not room.held.add(record):
                 self.metrics.updates_discarded.inc()
@@ -567,3 +575,22 @@ class Hub:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
             self.sweep()
+            self.pace()
+
+    # -- falling behind --------------------------------------------------------------
+
+    def pace(self) -> None:
+        """Stretch or restore every room's interval as the throttle judges."""
+        stretch = self.throttle.tick(self.now())
+        self.metrics.ingest_lag.set(self.throttle.lag)
+        if stretch is None:
+            return
+        self.metrics.interval_stretch.set(stretch)
+        fields = {"stretch": round(stretch, 2), "lag_ms": round(self.throttle.lag * 1000, 1)}
+        if stretch > 1:
+            # Screens now update less often than configured: the node is short of CPU.
+            log.warning("hub.interval_stretched", extra={"fields": fields})
+        else:
+            log.info("hub.interval_restored", extra={"fields": fields})
+        for room in self.rooms.values():
+            room.pacer.stretch = stretch

@@ -88,6 +88,18 @@ class Metrics:
             "stockwire_lagging_clients", "Clients currently held back as slow", registry=r,
             multiprocess_mode="livesum"
         )
+        self.ingest_lag = Gauge(
+            "stockwire_ingest_lag_seconds",
+            "How far behind this process reads Redis: the freshest record's age in the last "
+            "half second, above the lowest age of the last five minutes",
+            registry=r, multiprocess_mode="livemax",
+        )
+        self.interval_stretch = Gauge(
+            "stockwire_interval_stretch",
+            "Factor on every room's interval while this process is behind on reading Redis",
+            registry=r, multiprocess_mode="livemax",
+        )
+        self.interval_stretch.set(1)
         self.flush_seconds = Histogram(
             "stockwire_flush_seconds", "Time to merge, encode and write one room flush",
             buckets=FLUSH_BUCKETS, registry=r,

@@ -24,6 +24,9 @@ class Pacer:
         self.urgent_interval = urgent_interval
         self.last_flush = -math.inf
         self.deadline: float | None = None
+        #: Multiplies both intervals while the process is behind on reading
+        #: (``gateway.throttle``); 1 otherwise.
+        self.stretch = 1.0
 
     def on_change(self, now: float, *, urgent: bool = False) -> float | None:
         """Record a pending change; return when to flush.
@@ -33,11 +36,12 @@ class Pacer:
         before), or ``None`` when one is already scheduled no later than this
         change needs and will carry it too.
         """
-        if now - self.last_flush >= self.interval:
+        interval = self.interval * self.stretch
+        if now - self.last_flush >= interval:
             return now
-        due = self.last_flush + self.interval
+        due = self.last_flush + interval
         if urgent:
-            due = min(due, self.last_flush + self.urgent_interval)
+            due = min(due, self.last_flush + self.urgent_interval * self.stretch)
             if due <= now:
                 return now
         if self.deadline is not None and self.deadline <= due:

@@ -95,6 +95,7 @@ class Gateway:
             HubConfig(
                 interval=s.interval,
                 urgent_interval=s.urgent_interval,
+                max_stretch=s.max_interval_stretch,
                 thresholds=Thresholds(s.safety_line, s.critical_line),
                 send_buffer_limit=s.send_buffer_limit,
                 slow_client_timeout=s.slow_client_timeout,

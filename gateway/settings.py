@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         0.02, ge=0, description="Minimum seconds between urgent frames (sold out, back in stock, "
         "safety-line crossing) of one room"
     )
+    max_interval_stretch: float = Field(
+        1.0, ge=1, le=100, description="Most the intervals are stretched while a worker is behind on "
+        "reading Redis (1: never)"
+    )
     safety_line: float = Field(
         0.2, ge=0, lt=1, description="Default safety line, as a fraction of initial stock"
     )

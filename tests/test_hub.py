@@ -625,3 +625,53 @@ async def test_viewer_reports_continue_after_a_failed_room(clock: Clock) -> None
         assert hub.viewers(hub.rooms["down"]) == 1  # this node's own, until a report lands
     finally:
         await hub.stop()
+
+
+async def test_a_hub_behind_on_reading_sends_less_often_and_recovers(clock: Clock) -> None:
+    wall = [1_000_000]
+    h = Hub(MemoryBroker(), HubConfig(interval=0.1, sweep_interval=3600, max_stretch=8.0), clock=clock,
+            wall_ms=lambda: wall[0])
+    await h.start()
+    try:
+        a = FakeClient("r")
+        await joined(h, a)
+        room = h.rooms["r"]
+
+        def arrive(ver: int, age_ms: int) -> None:
+            h.on_message("r", encode_record(StockRecord(sku="x", qty=1000 - ver, ver=ver,
+                                                        ts=wall[0] - age_ms)))
+
+        ver = 0
+        for tick in range(10):  # 5 s of records that arrive ever later
+            for _ in range(10):
+                ver += 1
+                arrive(ver, 2 + tick * 200)
+                clock.now += 0.05
+                wall[0] += 50
+            h.pace()
+        assert room.pacer.stretch > 4
+        assert h.metrics.interval_stretch._value.get() == room.pacer.stretch
+        assert h.metrics.ingest_lag._value.get() > 1.0
+        late = FakeClient("r")
+        h.join(late)
+        assert h.rooms["r"].pacer.stretch == room.pacer.stretch  # the room is shared, not reset
+        # While stretched, a burst waits a stretched interval, and the last value still goes out.
+        room.pacer.flushed(clock.now)
+        sent = len(a.frames)
+        ver += 1
+        arrive(ver, 2)
+        assert room.timer is not None
+        assert len(a.frames) == sent
+        clock.now += 0.1 * room.pacer.stretch
+        h.flush(room)
+        assert a.frames[-1]["items"][0]["ver"] == ver
+        for _ in range(60):  # caught up: fresh records for 30 s
+            ver += 1
+            arrive(ver, 2)
+            clock.now += 0.5
+            wall[0] += 500
+            h.pace()
+        assert room.pacer.stretch == 1.0
+        assert h.metrics.interval_stretch._value.get() == 1.0
+    finally:
+        await h.stop()

@@ -201,3 +201,14 @@ def test_a_flickering_sell_out_is_capped_at_one_frame_per_urgent_gap() -> None:
 def test_without_an_urgent_interval_every_urgent_change_is_a_frame() -> None:
     changes = [(1.0 + i / 100_000, True) for i in range(100)]
     assert len(simulate(Pacer(0.1), changes)) == 100
+
+
+def test_a_stretch_multiplies_both_intervals() -> None:
+    pacer = Pacer(0.1, 0.02)
+    pacer.stretch = 4.0
+    pacer.flushed(10.0)
+    assert pacer.on_change(10.2) == pytest.approx(10.4)  # trailing edge at 4 x 0.1
+    assert pacer.on_change(10.21, urgent=True) == pytest.approx(10.21)  # 4 x 0.02 passed
+    pacer.flushed(10.21)
+    assert pacer.on_change(10.25, urgent=True) == pytest.approx(10.29)
+    assert pacer.on_change(10.62) == 10.62  # a whole stretched interval after: at once

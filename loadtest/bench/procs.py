@@ -281,7 +281,7 @@ def start_redis(workdir: Path, cpu: int | None) -> tuple[Proc, str]:
     log = workdir / "redis.log"
     popen = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "no", "--client-output-buffer-limit", "pubsub 0 0 0"],
+         "--dir", str(workdir), "--protected-mode", "no", ],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=preexec(cpu),
     )
     proc = Proc("redis-server", popen, log)
