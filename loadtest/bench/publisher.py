@@ -27,20 +27,12 @@ from urllib.parse import urlsplit
 import hiredis
 import msgpack
 
+from gateway.brokers.resp import encode_command as resp
 from gateway.protocol import channel, epoch_key, stock_key
 from gateway.stock import LUA_SCRIPT
 
 #: Far above anything a run sells, so a SKU never sells out (a tier change flushes at once).
 START_QTY = 1_000_000_000
-
-
-def resp(*args: bytes | str | int) -> bytes:
-    """One RESP2 command (an array of bulk strings)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-    return b"".join(out)
 
 
 class Resp(asyncio.Protocol):
