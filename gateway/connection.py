@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,9 +68,18 @@ class StockwireConnection(ServerConnection):
     gateway queue more than ``write_cap`` bytes of pongs without reading them
     is cut off: otherwise a client that floods pings and never reads grows
     the gateway's memory without bound.
+
+    It also says, once, when the connection stops being open (``on_close``):
+    every close frame websockets writes, ours or its reply to the peer's,
+    leaves through :meth:`send_data` right after the protocol changes state,
+    with no await in between, and a dropped connection ends in
+    :meth:`connection_lost`.  So the hub's writers can keep a flag on their
+    own object instead of asking the protocol before every frame — a saving
+    of one object visit per client per flush.
     """
 
     last_rx = 0.0
+    on_close: Callable[[], None] | None = None
 
     def __init__(self, *args: Any, message_rate: float, message_burst: int, write_cap: int,
                  closes: MetricCounter, **kwargs: Any) -> None:
@@ -97,10 +107,22 @@ class StockwireConnection(ServerConnection):
             self.refuse("too_many_messages", CloseCode.TOO_MANY_MESSAGES, "too many messages")
         super().process_event(event)
 
+    def send_data(self) -> None:
+        super().send_data()
+        if self.on_close is not None and self.protocol.state is not OPEN:
+            self._closed()
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self.on_close is not None:
+            self._closed()
         if self.admission is not None:
             self.admission.release()
+
+    def _closed(self) -> None:
+        callback, self.on_close = self.on_close, None
+        if callback is not None:
+            callback()
 
     def refuse(self, reason: str, code: int, text: str) -> asyncio.Task[None]:
         """Close for breaking a limit; counted once, however often the limit is broken."""
@@ -111,33 +133,44 @@ class StockwireConnection(ServerConnection):
 
 
 class WsClient:
-    """One connected screen, as the hub sees it."""
+    """One connected screen, as the hub sees it.
 
-    __slots__ = ("_closing", "_protocol", "audience", "lagging_since", "pinged_at", "room", "transport", "ws")
+    ``open`` turns false, through the connection's ``on_close``, the moment
+    websockets writes a close frame or loses the connection: nothing may
+    follow a close frame (RFC 6455 §5.5.1), and the hub keeps writing to a
+    closing client until its handler ends.
+    """
 
-    def __init__(self, ws: ServerConnection, room: str, audience: Audience) -> None:
+    __slots__ = ("_closing", "audience", "lagging_since", "open", "pinged_at", "room", "transport", "ws")
+
+    def __init__(self, ws: StockwireConnection, room: str, audience: Audience) -> None:
         self.ws = ws
         self.transport = ws.transport
-        self._protocol = ws.protocol
         self.room = room
         self.audience: Audience = audience
         self.lagging_since: float | None = None
         self.pinged_at = 0.0
         self._closing: asyncio.Task[None] | None = None
+        self.open = ws.protocol.state is OPEN
+        if self.open:
+            ws.on_close = self._closed
+
+    def _closed(self) -> None:
+        self.open = False
 
     @property
     def last_rx(self) -> float:
         return getattr(self.ws, "last_rx", 0.0)
 
     def write(self, frame: bytes) -> None:
-        if self._protocol.state is OPEN:  # no data after our close frame
+        if self.open:
             self.transport.write(frame)
 
     def offer(self, frame: bytes, limit: int) -> bool:
         transport = self.transport
         if transport.get_write_buffer_size() > limit:
             return False
-        if self._protocol.state is OPEN:
+        if self.open:
             transport.write(frame)
         return True
 

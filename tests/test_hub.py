@@ -24,8 +24,10 @@ class FakeClient:
         self.wire: list[bytes] = []
         self.backlog = 0
         self.closed: tuple[int, str] | None = None
+        self.offers = 0
 
     def offer(self, frame: bytes, limit: int) -> bool:
+        self.offers += 1
         if self.backlog > limit:
             return False
         self.wire.append(frame)
@@ -187,12 +189,18 @@ async def test_slow_client_is_held_back_then_resynced(hub: Hub, clock: Clock) ->
     assert len(slow.frames) == 1  # only the snapshot it got on join
     assert len(fast.frames) == 3
     assert hub.lagging == {slow}
+    assert slow.offers == 2  # the snapshot, the refused update; then not asked again
     slow.backlog = 0
     hub.sweep()
     assert slow.frames[-1]["t"] == "snapshot"
     assert slow.frames[-1]["items"][0]["ver"] == 2
     assert slow.lagging_since is None
     assert not hub.lagging
+    clock.now += 1
+    hub.on_message("r", rec("x", 8, 3))  # and increments flow again
+    assert slow.frames[-1]["t"] == "update"
+    assert slow.frames[-1]["items"][0]["ver"] == 3
+    assert fast.frames[-1] == slow.frames[-1]
 
 
 async def test_stuck_client_is_closed_after_the_timeout(hub: Hub, clock: Clock) -> None:

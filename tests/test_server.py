@@ -415,6 +415,61 @@ async def test_a_stalled_client_that_reads_again_gets_a_fresh_snapshot(redis_url
         await gw.stop()
 
 
+async def test_nothing_follows_the_gateways_close_frame(gateway: Gateway) -> None:
+    """A client closed for a bad frame that never answers the close stays in its
+    room until the close handshake times out; updates flushed meanwhile must not
+    reach it (RFC 6455 §5.5.1: no data after a close frame)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.connect(("127.0.0.1", gateway.port))
+    sock.setblocking(False)
+    try:
+        await loop.sock_sendall(sock, (
+            b"GET /ws/after-close HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"))
+        parser, frames = RawFrames(), []
+
+        async def read_until(done: Any) -> None:
+            while not done():
+                data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 5)
+                assert data, "connection dropped before the close handshake timed out"
+                frames.extend(parser.feed(data))
+
+        async with Screen(f"{gateway.url}/ws/after-close") as bystander, \
+                Publisher(gateway.settings.redis_url) as pub:
+            await read_until(lambda: frames)  # the snapshot
+            await loop.sock_sendall(sock, masked(b"\xc1"))  # not msgpack: bad frame
+            await read_until(lambda: frames[-1][0] == 0x8)
+            assert int.from_bytes(frames[-1][1][:2], "big") == CloseCode.BAD_FRAME
+            (closing,) = gateway.hub.rooms["after-close"].clients["viewer"] - clients_of(
+                gateway, bystander)
+            assert not closing.open  # still a member, no longer written to
+            for qty in (3, 2, 1):
+                await pub.set("after-close", "x", qty)
+                await bystander.until(lambda s, q=qty: s.qty() == {"x": q})
+            # Every flush that reached the bystander has written to this socket
+            # too, if it was going to: drain what arrived.
+            await asyncio.sleep(0.05)
+            try:
+                while data := sock.recv(1 << 16):
+                    frames.extend(parser.feed(data))
+            except BlockingIOError:
+                pass
+        assert frames[-1][0] == 0x8, [opcode for opcode, _ in frames]
+        assert [opcode for opcode, _ in frames].count(0x8) == 1
+    finally:
+        sock.close()
+
+
+def clients_of(gateway: Gateway, screen: Screen) -> set[Any]:
+    """The hub's client for ``screen``: the one whose socket's peer is the screen's."""
+    assert screen.ws is not None
+    local = screen.ws.local_address
+    room = gateway.hub.rooms["after-close"]
+    return {c for c in room.clients["viewer"] if c.transport.get_extra_info("peername") == local}
+
+
 async def test_redis_restart_keeps_clients_and_converges(own_redis: RedisServer) -> None:
     gw = Gateway(gateway_settings(own_redis.url))
     await gw.start()

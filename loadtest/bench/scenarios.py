@@ -108,12 +108,17 @@ async def latency(cfg: Config, target: str) -> dict[str, Any]:
             await asyncio.sleep(0.5)  # the previous phase's last frame is out
             start = len(fleet.lat_ms)
             window = Window(rig)
+            rig.start_profile(cfg.duration, f"{target}-{rate:g}")
             driven = await pub.at_rate(rate, cfg.duration)
             await pub.drain()
             await asyncio.sleep(max(0.5, 3 * cfg.interval))  # its frames land inside the phase
             measured = window.close()
-            phases.append({"rate": rate, "latency_ms": _latency(rig, start), "window": measured,
-                           "publisher": driven})
+            phase = {"rate": rate, "latency_ms": _latency(rig, start), "window": measured,
+                     "publisher": driven}
+            profile = rig.finish_profile()
+            if profile is not None:
+                phase["profile"] = profile
+            phases.append(phase)
         fleet.recording = False
         final = await rig.final_state()
         await monitor.stop()
