@@ -13,9 +13,10 @@ from gateway.protocol import encode_frame, ws_binary_frame
 from loadtest.bench.publisher import START_QTY
 
 #: Frames written per gateway CPU-second, one room, 5,000 clients, 1 item per frame:
-#: docs/benchmarks.md, campaign results/bench/all-20261125-114442.json (median of 3,
-#: ``make bench BENCH_ARGS="--runs 3"``).  The model's CPU prediction divides frames/s by this.
-BENCH_FRAMES_PER_CPU_S = 137_877.0
+#: docs/benchmarks.md, campaign results/bench/all-20261203-200752.json (median of 3,
+#: ``make bench BENCH_ARGS="--runs 3 --quiet-below 0.3"``).  The model's CPU prediction
+#: divides frames/s by this.
+BENCH_FRAMES_PER_CPU_S = 151_312.0
 
 
 def frame_bytes(room: str, items: int, sku_len: int = 5) -> int:
