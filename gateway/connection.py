@@ -114,8 +114,7 @@ class StockwireConnection(ServerConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if self.on_close is not None:
-            self._closed()
+        self._closed()
         if self.admission is not None:
             self.admission.release()
 

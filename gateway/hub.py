@@ -569,7 +569,7 @@ class Hub:
                 client.lagging_since = None
                 self.lagging.discard(client)
                 room = self.rooms.get(client.room)
-                if room is not None and client in room.clients[client.audience]:
+                if room is not None:  # a lagging client is a member: leave() ends both
                     room.live[client.audience].add(client)
                     if room.loaded:
                         self._send_snapshot(room, client)

@@ -442,8 +442,8 @@ async def test_nothing_follows_the_gateways_close_frame(gateway: Gateway) -> Non
             await loop.sock_sendall(sock, masked(b"\xc1"))  # not msgpack: bad frame
             await read_until(lambda: frames[-1][0] == 0x8)
             assert int.from_bytes(frames[-1][1][:2], "big") == CloseCode.BAD_FRAME
-            (closing,) = gateway.hub.rooms["after-close"].clients["viewer"] - clients_of(
-                gateway, bystander)
+            viewers = gateway.hub.rooms["after-close"].clients["viewer"]
+            (closing,) = viewers - clients_of(viewers, bystander)
             assert not closing.open  # still a member, no longer written to
             for qty in (3, 2, 1):
                 await pub.set("after-close", "x", qty)
@@ -462,12 +462,11 @@ async def test_nothing_follows_the_gateways_close_frame(gateway: Gateway) -> Non
         sock.close()
 
 
-def clients_of(gateway: Gateway, screen: Screen) -> set[Any]:
+def clients_of(clients: set[Any], screen: Screen) -> set[Any]:
     """The hub's client for ``screen``: the one whose socket's peer is the screen's."""
     assert screen.ws is not None
     local = screen.ws.local_address
-    room = gateway.hub.rooms["after-close"]
-    return {c for c in room.clients["viewer"] if c.transport.get_extra_info("peername") == local}
+    return {c for c in clients if c.transport.get_extra_info("peername") == local}
 
 
 async def test_redis_restart_keeps_clients_and_converges(own_redis: RedisServer) -> None:
